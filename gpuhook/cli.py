@@ -1,0 +1,104 @@
+"""The `gpuhook` command line. Each command reports a GpuhookError once: one line on stderr and
+the error's exit code (1: cannot be satisfied, 2: usage or malformed input)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from gpuhook import __version__
+from gpuhook.errors import GpuhookError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CONFIG_HELP = ("Config file (TOML). Default: $GPUHOOK_CONFIG, else /etc/gpuhook/config.toml, "
+               "else built-in defaults.")
+
+
+def report(err: GpuhookError, as_json: bool = False) -> None:
+    if as_json:
+        click.echo(json.dumps({"error": str(err)}))
+    click.echo(f"gpuhook: {err}", err=True)
+    sys.exit(err.exit_code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gpuhook")
+def cli() -> None:
+    """Decide which NVIDIA GPUs / MIG devices a container may use, and enforce it.
+
+    \b
+    For unprivileged containers the NVIDIA_VISIBLE_DEVICES env var is not trusted; only the
+    device plugin's volume mounts (/dev/null at /var/run/nvidia-container-devices/<id>) are.
+
+    \b
+    Start with:  gpuhook dry-run BUNDLE      (what a container would get, changing nothing)
+    """
+
+
+@cli.command("dry-run")
+@click.argument("bundle", type=click.Path(file_okay=False, dir_okay=True))
+@click.option("--config", "config_path", metavar="FILE", help=CONFIG_HELP)
+@click.option("--inventory", metavar="FILE",
+              help="Fake inventory YAML (or 'nvml'); overrides the config's `inventory`.")
+@click.option("--host-root", metavar="DIR",
+              help="Root for host files (proc/devices, mig-minors); overrides `host-root`.")
+@click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
+def dry_run(bundle: str, config_path: str | None, inventory: str | None,
+            host_root: str | None, as_json: bool) -> None:
+    """Show the plan for the container in BUNDLE (a dir with config.json); change nothing.
+
+    \b
+    Exit 0: plan computed (an empty plan included).
+    Exit 1: the request cannot be satisfied (unknown id, NVML error, policy, requirement).
+    Exit 2: usage error, or unreadable / malformed input.
+
+    \b
+    Example, with the shipped fake inventory:
+      gpuhook dry-run examples/bundle --config examples/config.toml
+    """
+    from gpuhook.config import load_config
+    from gpuhook.pipeline import plan_for_spec
+    from gpuhook.render import render_json, render_text
+    from gpuhook.spec import MAX_SPEC_BYTES, parse_spec, read_limited
+
+    try:
+        config = load_config(config_path).with_overrides(
+            inventory=_abs(inventory), host_root=_abs(host_root))
+        path = os.path.join(bundle, "config.json")
+        spec = parse_spec(read_limited(path, MAX_SPEC_BYTES, "spec"), path)
+        plan = plan_for_spec(spec, config)
+    except GpuhookError as e:
+        report(e, as_json)
+        return
+    click.echo(render_json(plan) if as_json else render_text(plan))
+
+
+def _abs(path: str | None) -> str | None:
+    if path is None or path == "nvml":
+        return path
+    return os.path.abspath(path)
+
+
+@cli.group()
+def hook() -> None:
+    """OCI hooks. Registered in a spec as
+    {"path": "/usr/bin/gpuhook", "args": ["gpuhook", "hook", "prestart"]}."""
+
+
+@hook.command("prestart", context_settings={"ignore_unknown_options": True})
+@click.option("--config", "config_path", metavar="FILE", help=CONFIG_HELP)
+def hook_prestart(config_path: str | None) -> None:
+    """Read the OCI state on stdin and apply the plan to the starting container.
+
+    Exit 0: applied, or nothing to do. Non-zero: the container must not start; one line on
+    stderr says why, and a JSON line goes to the log file.
+    """
+    from gpuhook.hook import prestart_main
+
+    sys.exit(prestart_main(["--config", config_path] if config_path else []))

@@ -1,0 +1,23 @@
+"""Console-script entry points. `gpuhook hook prestart` is dispatched before click is imported:
+it runs on every container start on a node, GPU or not."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if argv[:2] == ["hook", "prestart"]:
+        from gpuhook.hook import prestart_main
+
+        sys.exit(prestart_main(argv[2:]))
+    from gpuhook.cli import cli
+
+    cli(prog_name="gpuhook")
+
+
+def runtime_main() -> None:
+    from gpuhook.shim import main as shim_main
+
+    sys.exit(shim_main(sys.argv))

@@ -1,0 +1,147 @@
+"""Host facts under an injectable root: device majors, MIG capability minors and modes.
+
+Parsers take text and are pure; the readers are thin wrappers over `HostPaths`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from gpuhook.errors import HostError
+
+NVIDIA_FRONTEND_FALLBACK_MAJOR = 195
+PROC_DEVICES = "proc/devices"
+MIG_MINORS = "proc/driver/nvidia-caps/mig-minors"
+CAPABILITIES_DIR = "proc/driver/nvidia/capabilities"
+DEFAULT_CAP_MODE = 0o444
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    """Where host files are read: `root` is the config key `host-root`."""
+
+    root: str = "/"
+
+    def path(self, rel: str) -> str:
+        return self.root.rstrip("/") + "/" + rel.lstrip("/")
+
+    def read_text(self, rel: str) -> str:
+        path = self.path(rel)
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except OSError as e:
+            raise HostError(f"cannot read {path}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise HostError(f"cannot read {path}: not UTF-8 text") from None
+
+
+@dataclass(frozen=True)
+class Majors:
+    frontend: int
+    uvm: int
+    caps: int | None  # None when nvidia-caps is not registered (no MIG-capable driver)
+
+
+@dataclass(frozen=True)
+class Capability:
+    name: str  # mig-minors key: "gpu0/gi1/access", "gpu0/gi1/ci0/access", "monitor", "config"
+    minor: int
+    file_mode: int
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    majors: Majors
+    capabilities: Mapping[str, Capability] = field(default_factory=dict)
+
+
+def parse_proc_devices(text: str) -> dict[str, int]:
+    """Character-device majors by name from /proc/devices (the block section is skipped)."""
+    majors: dict[str, int] = {}
+    section = ""
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if line.endswith(":"):
+            section = line[:-1].strip().lower()
+            continue
+        if section != "character devices":
+            continue
+        num, _, name = line.partition(" ")
+        if num.isdigit() and name.strip():
+            majors.setdefault(name.strip(), int(num))
+    return majors
+
+
+def parse_mig_minors(text: str) -> dict[str, int]:
+    """`mig-minors` lines like `gpu0/gi1/ci0/access 13` -> {"gpu0/gi1/ci0/access": 13}."""
+    minors: dict[str, int] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise HostError(f"{MIG_MINORS}:{lineno}: unexpected line {line!r}")
+        minors[parts[0]] = int(parts[1])
+    return minors
+
+
+def parse_capability_file(text: str) -> dict[str, str]:
+    """A driver capability file (`DeviceFileMinor: 12` ...) as a dict of its fields."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def capability_file(name: str) -> str:
+    """Where the driver declares capability `name` (a mig-minors key), relative to host-root."""
+    if name in ("monitor", "config"):
+        return f"{CAPABILITIES_DIR}/mig/{name}"
+    gpu, _, rest = name.partition("/")
+    return f"{CAPABILITIES_DIR}/{gpu}/mig/{rest}"
+
+
+def majors_from_devices(majors: Mapping[str, int], source: str) -> Majors:
+    frontend = majors.get("nvidia-frontend", majors.get("nvidia", NVIDIA_FRONTEND_FALLBACK_MAJOR))
+    uvm = majors.get("nvidia-uvm")
+    if uvm is None:
+        raise HostError(f"{source} lists no nvidia-uvm major; is the nvidia-uvm module loaded?")
+    return Majors(frontend=frontend, uvm=uvm, caps=majors.get("nvidia-caps"))
+
+
+def read_majors(host: HostPaths) -> Majors:
+    return majors_from_devices(parse_proc_devices(host.read_text(PROC_DEVICES)),
+                               host.path(PROC_DEVICES))
+
+
+def read_mig_minors(host: HostPaths) -> dict[str, int]:
+    return parse_mig_minors(host.read_text(MIG_MINORS))
+
+
+def read_capabilities(host: HostPaths, names: Iterable[str],
+                      minors: Mapping[str, int]) -> dict[str, Capability]:
+    """Minor (from mig-minors) and file mode (from the driver's capability file) of each name."""
+    caps: dict[str, Capability] = {}
+    for name in names:
+        if name not in minors:
+            raise HostError(f"capability {name!r} not in {host.path(MIG_MINORS)}; "
+                            f"{len(minors)} entries exist")
+        caps[name] = Capability(name, minors[name], _cap_mode(host, name))
+    return caps
+
+
+def _cap_mode(host: HostPaths, name: str) -> int:
+    fields = parse_capability_file(host.read_text(capability_file(name)))
+    raw = fields.get("DeviceFileMode")
+    if raw is None:
+        return DEFAULT_CAP_MODE
+    if not raw.isdigit():
+        raise HostError(f"{host.path(capability_file(name))}: DeviceFileMode {raw!r} "
+                        "is not a decimal number")
+    return int(raw) & 0o777

@@ -1,0 +1,146 @@
+"""NVML backend: the only module that imports pynvml (from nvidia-ml-py), and lazily.
+
+Every NVML failure becomes an NvmlError that says what to check. A hook fails closed: an answer
+NVML cannot give is an error, never "N/A" (MIG mode NOT_SUPPORTED is an answer: no MIG).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+from gpuhook.errors import NvmlError
+from gpuhook.inventory.model import Gpu, Inventory, MigDevice
+
+# NVML return codes (nvml.h), so the mapping holds whatever the module's class names are.
+_ADVICE = {
+    1: "NVML was used before nvmlInit",
+    3: "this GPU or driver does not support the query",
+    4: "permission denied: run gpuhook as root",
+    6: "the device was not found (unplugged, or reset?)",
+    9: "the NVIDIA kernel driver is not loaded: check `lsmod | grep nvidia` and dmesg",
+    12: "libnvidia-ml.so.1 was not found: install the NVIDIA driver's user-space libraries",
+    13: "the installed libnvidia-ml is older than this call: update the NVIDIA driver",
+    15: "the GPU has fallen off the bus or is otherwise inaccessible: check dmesg (Xid)",
+    17: "the driver and libnvidia-ml versions differ: reboot or reload the driver",
+}
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_NOT_FOUND = 6
+NVML_DEVICE_MIG_ENABLE = 1
+
+
+def _import() -> ModuleType:
+    try:
+        import pynvml
+    except ImportError as e:
+        raise NvmlError(f"cannot import pynvml ({e}); install nvidia-ml-py or set "
+                        "`inventory` to a fake inventory file") from None
+    return pynvml
+
+
+def nvml_error(nv: ModuleType, err: BaseException, call: str) -> NvmlError:
+    code = getattr(err, "value", None)
+    advice = _ADVICE.get(code) if isinstance(code, int) else None
+    text = str(err) or type(err).__name__
+    return NvmlError(f"NVML {call} failed: {text}" + (f"; {advice}" if advice else ""))
+
+
+class _Nvml:
+    def __init__(self, nv: ModuleType) -> None:
+        self.nv = nv
+
+    def call(self, name: str, *args: Any) -> Any:
+        fn = getattr(self.nv, name, None)
+        if fn is None:
+            raise NvmlError(f"NVML {name} is missing from pynvml: install nvidia-ml-py "
+                            ">= 12.535, not the deprecated `pynvml` distribution")
+        try:
+            return fn(*args)
+        except self.nv.NVMLError as e:
+            raise nvml_error(self.nv, e, name) from None
+
+    def code_of(self, name: str, *args: Any) -> tuple[Any, int | None]:
+        """Call and return (result, None), or (None, code) for NOT_SUPPORTED / NOT_FOUND."""
+        fn = getattr(self.nv, name)
+        try:
+            return fn(*args), None
+        except self.nv.NVMLError as e:
+            code = getattr(e, "value", None)
+            if code in (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_NOT_FOUND):
+                return None, code
+            raise nvml_error(self.nv, e, name) from None
+
+
+def load_nvml(module: ModuleType | None = None) -> Inventory:
+    nv = module if module is not None else _import()
+    api = _Nvml(nv)
+    api.call("nvmlInit")
+    try:
+        return _read(api)
+    finally:
+        try:
+            nv.nvmlShutdown()
+        except nv.NVMLError:
+            pass  # shutting down after a successful read; the answer already stands
+
+
+def _read(api: _Nvml) -> Inventory:
+    driver = _text(api.call("nvmlSystemGetDriverVersion"))
+    cuda = _cuda(api.call("nvmlSystemGetCudaDriverVersion"))
+    gpus = []
+    for i in range(int(api.call("nvmlDeviceGetCount"))):
+        h = api.call("nvmlDeviceGetHandleByIndex", i)
+        gpus.append(_gpu(api, i, h))
+    return Inventory(driver_version=driver, cuda_version=cuda, gpus=tuple(gpus))
+
+
+def _gpu(api: _Nvml, index: int, h: Any) -> Gpu:
+    uuid = _text(api.call("nvmlDeviceGetUUID", h))
+    name = _text(api.call("nvmlDeviceGetName", h))
+    pci = _text(api.call("nvmlDeviceGetPciInfo", h).busId)
+    minor = int(api.call("nvmlDeviceGetMinorNumber", h))
+    mode, _ = api.code_of("nvmlDeviceGetMigMode", h)
+    mig_enabled = mode is not None and int(mode[0]) == NVML_DEVICE_MIG_ENABLE
+    migs: list[MigDevice] = []
+    if mig_enabled:
+        for j in range(int(api.call("nvmlDeviceGetMaxMigDeviceCount", h))):
+            mh, code = api.code_of("nvmlDeviceGetMigDeviceHandleByIndex", h, j)
+            if code is not None:
+                continue  # an empty slot, not an error
+            migs.append(MigDevice(
+                index=j,
+                uuid=_text(api.call("nvmlDeviceGetUUID", mh)),
+                gi=int(api.call("nvmlDeviceGetGpuInstanceId", mh)),
+                ci=int(api.call("nvmlDeviceGetComputeInstanceId", mh)),
+                profile=_profile(_text(api.call("nvmlDeviceGetName", mh))),
+            ))
+    return Gpu(index=index, minor=minor, uuid=uuid, pci_bus_id=_pci(pci), name=name,
+               mig_enabled=mig_enabled, mig_devices=tuple(migs))
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value
+    raise NvmlError(f"NVML returned {type(value).__name__} where text was expected")
+
+
+def _cuda(value: object) -> str:
+    if not isinstance(value, int) or value <= 0:
+        raise NvmlError(f"NVML returned CUDA driver version {value!r}")
+    return f"{value // 1000}.{value % 1000 // 10}"
+
+
+def _pci(bus_id: str) -> str:
+    # NVML reports an 8-digit domain ("00000000:07:00.0"); the toolkit and sysfs use 4.
+    domain, sep, rest = bus_id.partition(":")
+    if sep and len(domain) == 8 and domain.startswith("0000"):
+        return f"{domain[4:]}:{rest}".lower()
+    return bus_id.lower()
+
+
+def _profile(mig_name: str) -> str:
+    # "NVIDIA A100-SXM4-40GB MIG 1g.5gb" -> "1g.5gb"
+    _, sep, profile = mig_name.rpartition("MIG ")
+    return profile.strip() if sep else mig_name

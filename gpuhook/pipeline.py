@@ -1,0 +1,59 @@
+"""Spec + config -> Plan: the one path every consumer (hook, shim, dry-run) takes.
+
+Host files and the inventory are read only when the decision needs them, so a container that
+asks for nothing costs no NVML and no YAML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gpuhook.config import Config
+from gpuhook.errors import HostError
+from gpuhook.host import (
+    Capability,
+    HostInfo,
+    HostPaths,
+    Majors,
+    read_capabilities,
+    read_majors,
+    read_mig_minors,
+)
+from gpuhook.inventory.model import Inventory
+from gpuhook.plan import Plan, build_plan, needed_capabilities
+from gpuhook.policy import decide
+from gpuhook.request import extract_request
+from gpuhook.resolve import Resolved, check_requirements, resolve
+from gpuhook.spec import SpecView
+
+InventoryLoader = Callable[[Config], Inventory]
+_NO_HOST = HostInfo(Majors(frontend=0, uvm=0, caps=None))
+
+
+def _default_loader(config: Config) -> Inventory:
+    from gpuhook.inventory.load import load_inventory
+
+    return load_inventory(config)
+
+
+def plan_for_spec(spec: SpecView, config: Config,
+                  load_inventory: InventoryLoader | None = None) -> Plan:
+    decision = decide(extract_request(spec, config.volume_mount_root), config)
+    devices: tuple[Resolved, ...] = ()
+    notes: list[str] = []
+    if decision.device_ids:
+        inv = (load_inventory or _default_loader)(config)
+        notes.extend(check_requirements(decision.requirements, inv))
+        devices = resolve(decision.device_ids, inv, config.allow_full_gpu_on_mig_enabled)
+    if not (decision.control_nodes or devices):
+        return build_plan(decision, devices, _NO_HOST, tuple(notes))
+    host = HostPaths(config.host_root)
+    majors = read_majors(host)
+    caps: dict[str, Capability] = {}
+    names = needed_capabilities(decision, devices)
+    if names:
+        if majors.caps is None:
+            raise HostError(f"{host.path('proc/devices')} lists no nvidia-caps major, needed "
+                            f"for {', '.join(names)}; is the driver MIG-capable?")
+        caps = read_capabilities(host, names, read_mig_minors(host))
+    return build_plan(decision, devices, HostInfo(majors, caps), tuple(notes))

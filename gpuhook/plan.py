@@ -1,0 +1,167 @@
+"""Decision + resolved devices + host facts -> Plan: exactly what a container gets. Pure.
+
+The hook, the runtime shim and dry-run all consume this Plan; none re-derives it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gpuhook.host import HostInfo
+from gpuhook.policy import Decision
+from gpuhook.request import Ignored
+from gpuhook.resolve import Resolved
+
+NODE_MODE = 0o666
+CTL_MINOR = 255
+MODESET_MINOR = 254
+CAPS_DIR = "/dev/nvidia-caps"
+
+
+@dataclass(frozen=True)
+class DeviceNode:
+    path: str
+    type: str
+    major: int
+    minor: int
+    file_mode: int
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True)
+class CgroupRule:
+    type: str
+    major: int
+    minor: int
+    access: str
+
+
+@dataclass(frozen=True)
+class PlannedDevice:
+    kind: str  # gpu | mig
+    index: str  # "0", or "<gpu>:<mig>"
+    uuid: str
+    minor: int  # the GPU's NVML minor (the parent's for MIG)
+    name: str
+    parent_uuid: str = ""
+    gi: int = -1
+    ci: int = -1
+    profile: str = ""
+    capability_nodes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    destination: str
+    options: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    privileged: bool
+    privileged_reason: str
+    source: str
+    device_ids: tuple[str, ...]
+    ignored: tuple[Ignored, ...]
+    devices: tuple[PlannedDevice, ...]
+    device_nodes: tuple[DeviceNode, ...]
+    cgroup_rules: tuple[CgroupRule, ...]
+    driver_capabilities: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]  # only a runtime shim can still set these
+    mounts: tuple[Mount, ...]
+    notes: tuple[str, ...]
+    mig_monitor: bool
+    mig_config: bool
+
+    @property
+    def empty(self) -> bool:
+        return not self.device_nodes
+
+
+def needed_capabilities(decision: Decision, devices: tuple[Resolved, ...]) -> list[str]:
+    """The mig-minors names the plan will need, in plan order."""
+    names: list[str] = []
+    for dev in devices:
+        if dev.mig is not None:
+            names.extend(mig_capability_names(dev))
+    if decision.mig_monitor:
+        names.append("monitor")
+    if decision.mig_config:
+        names.append("config")
+    return list(dict.fromkeys(names))
+
+
+def mig_capability_names(dev: Resolved) -> tuple[str, str]:
+    assert dev.mig is not None
+    gi = f"gpu{dev.gpu.minor}/gi{dev.mig.gi}"
+    return f"{gi}/access", f"{gi}/ci{dev.mig.ci}/access"
+
+
+def build_plan(decision: Decision, devices: tuple[Resolved, ...], host: HostInfo,
+               extra_notes: tuple[str, ...] = ()) -> Plan:
+    majors = host.majors
+    nodes: list[DeviceNode] = []
+    rules: list[CgroupRule] = []
+    planned: list[PlannedDevice] = []
+
+    def add(path: str, major: int, minor: int, mode: int, access: str) -> None:
+        node = DeviceNode(path, "c", major, minor, mode)
+        if node not in nodes:
+            nodes.append(node)
+            rules.append(CgroupRule("c", major, minor, access))
+
+    def add_cap(name: str) -> str:
+        cap = host.capabilities[name]
+        assert majors.caps is not None, "capabilities read without an nvidia-caps major"
+        path = f"{CAPS_DIR}/nvidia-cap{cap.minor}"
+        # Capability nodes are checked by the driver on open; read access is all it needs.
+        add(path, majors.caps, cap.minor, cap.file_mode, "r")
+        return path
+
+    if decision.control_nodes or devices:
+        add("/dev/nvidiactl", majors.frontend, CTL_MINOR, NODE_MODE, "rwm")
+        add("/dev/nvidia-uvm", majors.uvm, 0, NODE_MODE, "rwm")
+        add("/dev/nvidia-uvm-tools", majors.uvm, 1, NODE_MODE, "rwm")
+    if devices and "display" in decision.driver_capabilities:
+        add("/dev/nvidia-modeset", majors.frontend, MODESET_MINOR, NODE_MODE, "rwm")
+    for dev in devices:
+        add(f"/dev/nvidia{dev.gpu.minor}", majors.frontend, dev.gpu.minor, NODE_MODE, "rwm")
+        if dev.mig is None:
+            planned.append(PlannedDevice("gpu", dev.index, dev.uuid, dev.gpu.minor,
+                                         dev.gpu.name))
+            continue
+        caps = tuple(add_cap(n) for n in mig_capability_names(dev))
+        planned.append(PlannedDevice("mig", dev.index, dev.uuid, dev.gpu.minor, dev.gpu.name,
+                                     parent_uuid=dev.gpu.uuid, gi=dev.mig.gi, ci=dev.mig.ci,
+                                     profile=dev.mig.profile, capability_nodes=caps))
+    if decision.mig_monitor:
+        add_cap("monitor")
+    if decision.mig_config:
+        add_cap("config")
+
+    env: tuple[tuple[str, str], ...] = ()
+    notes = list(decision.notes) + list(extra_notes)
+    if decision.mig_monitor or any(d.mig is not None for d in devices):
+        # MIG devices and monitoring tools enumerate in PCI order; the hook cannot change env
+        # after create, so only the runtime shim applies this.
+        env = (("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),)
+        notes.append("env CUDA_DEVICE_ORDER=PCI_BUS_ID: set by gpuhook-runtime (spec mode); "
+                     "a prestart hook cannot change env")
+    return Plan(
+        privileged=decision.privileged,
+        privileged_reason=decision.privileged_reason,
+        source=decision.source,
+        device_ids=decision.device_ids,
+        ignored=decision.ignored,
+        devices=tuple(planned),
+        device_nodes=tuple(nodes),
+        cgroup_rules=tuple(rules),
+        driver_capabilities=decision.driver_capabilities,
+        env=env,
+        mounts=(),
+        notes=tuple(notes),
+        mig_monitor=decision.mig_monitor,
+        mig_config=decision.mig_config,
+    )

@@ -1,0 +1,133 @@
+"""Request + privilege + config -> Decision: which ids are accepted, what is ignored and why.
+
+The env var is written by whoever writes the pod spec; the volume mounts by the device plugin.
+Unprivileged containers are therefore judged by the mounts only, unless config says otherwise.
+Pure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gpuhook.config import Config
+from gpuhook.errors import PolicyError
+from gpuhook.request import (
+    ENV_MIG_CONFIG,
+    ENV_MIG_MONITOR,
+    ENV_VISIBLE,
+    MIG_CONFIG,
+    MIG_MONITOR,
+    Ignored,
+    Request,
+)
+
+SOURCE_MOUNTS = "volume-mounts"
+SOURCE_ENV = "envvar"
+SOURCE_NONE = "none"
+
+
+@dataclass(frozen=True)
+class Decision:
+    privileged: bool
+    privileged_reason: str
+    source: str  # volume-mounts | envvar | none
+    device_ids: tuple[str, ...]
+    control_nodes: bool  # the control nodes are wanted (any device, `none`, or a MIG capability)
+    ignored: tuple[Ignored, ...]
+    driver_capabilities: tuple[str, ...]
+    requirements: tuple[tuple[str, str], ...]
+    mig_monitor: bool
+    mig_config: bool
+    notes: tuple[str, ...]
+
+
+def decide(req: Request, config: Config) -> Decision:
+    ignored = list(req.mount_ignored)
+    notes: list[str] = []
+    source, ids, control = _devices(req, config, ignored, notes)
+    monitor = _mig_capability(req, config, MIG_MONITOR, req.mig_monitor_env, ENV_MIG_MONITOR,
+                              ignored, notes)
+    mig_config = _mig_capability(req, config, MIG_CONFIG, req.mig_config_env, ENV_MIG_CONFIG,
+                                 ignored, notes)
+    granted = source != SOURCE_NONE
+    if req.driver_capabilities_ignored and granted:
+        notes.append("unsupported driver capabilities dropped: "
+                     + ", ".join(req.driver_capabilities_ignored))
+    return Decision(
+        privileged=req.privileged,
+        privileged_reason=req.privileged_reason,
+        source=source,
+        device_ids=ids,
+        control_nodes=control or monitor or mig_config,
+        ignored=tuple(ignored),
+        driver_capabilities=req.driver_capabilities if granted else (),
+        requirements=req.requirements if ids else (),
+        mig_monitor=monitor,
+        mig_config=mig_config,
+        notes=tuple(notes),
+    )
+
+
+def _devices(req: Request, config: Config, ignored: list[Ignored], notes: list[str]
+             ) -> tuple[str, tuple[str, ...], bool]:
+    env = req.env_devices
+    env_value = "" if env is None else (env.raw or "(unset; legacy CUDA image)")
+    mounts_on = config.accept_nvidia_visible_devices_as_volume_mounts
+    if req.mount_ids and not mounts_on:
+        ignored.extend(Ignored(SOURCE_MOUNTS, i, "accept-nvidia-visible-devices-as-volume-mounts"
+                               " is false") for i in req.mount_ids)
+    if req.mount_ids and mounts_on:
+        if env is not None:
+            ignored.append(Ignored(SOURCE_ENV, env_value,
+                                   "the device plugin's volume mounts take precedence"))
+        return SOURCE_MOUNTS, req.mount_ids, True
+    if env is None:
+        return SOURCE_NONE, (), False
+    if not req.privileged and not config.accept_nvidia_visible_devices_envvar_when_unprivileged:
+        if env.kind == "void":
+            return SOURCE_NONE, (), False
+        reason = ("unprivileged container (no CAP_SYS_ADMIN): the env var is not trusted; "
+                  "accept-nvidia-visible-devices-envvar-when-unprivileged is false")
+        if config.unprivileged_envvar_action == "fail":
+            raise PolicyError(f"{ENV_VISIBLE}={env_value} refused: {reason} and "
+                              "unprivileged-envvar-action is \"fail\"")
+        ignored.append(Ignored(SOURCE_ENV, env_value, reason))
+        return SOURCE_NONE, (), False
+    if env.kind == "void":
+        return SOURCE_NONE, (), False
+    if env.legacy:
+        notes.append("legacy CUDA image (CUDA_VERSION set, NVIDIA_REQUIRE_CUDA and "
+                     f"{ENV_VISIBLE} unset): all GPUs, all driver capabilities")
+    if env.kind == "none":
+        notes.append(f"{ENV_VISIBLE}=none: control nodes only, no GPU")
+        return SOURCE_ENV, (), True
+    return SOURCE_ENV, env.ids, True
+
+
+def _mig_capability(req: Request, config: Config, name: str, env_value: str | None,
+                    env_name: str, ignored: list[Ignored], notes: list[str]) -> bool:
+    granted = False
+    if name in req.mount_caps:
+        if req.privileged:
+            granted = True
+            notes.append(f"{name} granted: privileged container, orchestrator mount")
+        elif name == MIG_MONITOR and config.allow_mig_monitor_unprivileged:
+            granted = True
+            notes.append(f"{name} granted read-only: orchestrator mount and "
+                         "allow-mig-monitor-unprivileged is true")
+        else:
+            why = ("never granted to unprivileged containers" if name == MIG_CONFIG else
+                   "allow-mig-monitor-unprivileged is false")
+            ignored.append(Ignored(SOURCE_MOUNTS, name, why))
+    if env_value is not None and env_value.strip():
+        value = env_value.strip()
+        if not req.privileged:
+            ignored.append(Ignored(SOURCE_ENV, f"{env_name}={value}",
+                                   "honoured only for privileged containers"))
+        elif value != "all":
+            ignored.append(Ignored(SOURCE_ENV, f"{env_name}={value}",
+                                   "only 'all' is supported (the capability is node-wide)"))
+        elif not granted:
+            granted = True
+            notes.append(f"{name} granted: privileged container, {env_name}=all")
+    return granted

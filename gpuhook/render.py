@@ -1,0 +1,66 @@
+"""Plan -> what `gpuhook dry-run` prints: the contract's JSON object, or an explanation."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from gpuhook.plan import Plan
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    return {
+        "privileged": plan.privileged,
+        "source": plan.source,
+        "device_ids": list(plan.device_ids),
+        "ignored": [{"source": i.source, "value": i.value, "reason": i.reason}
+                    for i in plan.ignored],
+        "devices": [{"kind": d.kind, "index": d.index, "uuid": d.uuid, "minor": d.minor}
+                    for d in plan.devices],
+        "device_nodes": [{"path": n.path, "type": n.type, "major": n.major, "minor": n.minor,
+                          "file_mode": n.file_mode} for n in plan.device_nodes],
+        "cgroup_rules": [{"type": r.type, "major": r.major, "minor": r.minor,
+                          "access": r.access} for r in plan.cgroup_rules],
+        "driver_capabilities": list(plan.driver_capabilities),
+        "mig_monitor": plan.mig_monitor,
+        "mig_config": plan.mig_config,
+    }
+
+
+def render_json(plan: Plan) -> str:
+    return json.dumps(plan_json(plan), indent=2)
+
+
+def render_text(plan: Plan) -> str:
+    out: list[str] = []
+    priv = "privileged" if plan.privileged else "unprivileged"
+    out.append(f"container: {priv} ({plan.privileged_reason})")
+    if plan.source == "none":
+        out.append("request: none accepted")
+    else:
+        ids = ", ".join(plan.device_ids) or "(none: control nodes only)"
+        out.append(f"request: from {plan.source}: {ids}")
+    for ign in plan.ignored:
+        out.append(f"ignored: {ign.source} {ign.value!r}: {ign.reason}")
+    if plan.driver_capabilities:
+        out.append("driver capabilities: " + ", ".join(plan.driver_capabilities))
+    for d in plan.devices:
+        if d.kind == "gpu":
+            out.append(f"device: GPU {d.index} {d.uuid} (minor {d.minor}, {d.name})")
+        else:
+            out.append(f"device: MIG {d.index} {d.uuid} profile {d.profile}, parent GPU "
+                       f"{d.parent_uuid} (minor {d.minor}), GI {d.gi}, CI {d.ci}, capability "
+                       f"nodes {', '.join(d.capability_nodes)}")
+    out.append(f"mig monitor: {'granted' if plan.mig_monitor else 'not granted'}; "
+               f"mig config: {'granted' if plan.mig_config else 'not granted'}")
+    for n in plan.device_nodes:
+        out.append(f"node: {n.path} {n.type} {n.major}:{n.minor} mode {n.file_mode:04o}")
+    for r in plan.cgroup_rules:
+        out.append(f"cgroup: allow {r.type} {r.major}:{r.minor} {r.access}")
+    for k, v in plan.env:
+        out.append(f"env: {k}={v}")
+    for note in plan.notes:
+        out.append(f"note: {note}")
+    if plan.empty:
+        out.append("plan: nothing to inject")
+    return "\n".join(out)

@@ -1,0 +1,219 @@
+"""OCI spec -> Request: what the container asked for, from which source. Pure."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from gpuhook.errors import InputError
+from gpuhook.spec import SpecView
+
+ENV_VISIBLE = "NVIDIA_VISIBLE_DEVICES"
+ENV_DRIVER_CAPS = "NVIDIA_DRIVER_CAPABILITIES"
+ENV_MIG_MONITOR = "NVIDIA_MIG_MONITOR_DEVICES"
+ENV_MIG_CONFIG = "NVIDIA_MIG_CONFIG_DEVICES"
+ENV_DISABLE_REQUIRE = "NVIDIA_DISABLE_REQUIRE"
+ENV_REQUIRE_PREFIX = "NVIDIA_REQUIRE_"
+ENV_CUDA_VERSION = "CUDA_VERSION"
+CAP_SYS_ADMIN = "CAP_SYS_ADMIN"
+DEV_NULL = "/dev/null"
+MIG_MONITOR = "mig-monitor"
+MIG_CONFIG = "mig-config"
+SUPPORTED_DRIVER_CAPS = ("compat32", "compute", "display", "graphics", "ngx", "utility", "video")
+DEFAULT_DRIVER_CAPS = ("compute", "utility")
+MAX_IDS = 4096
+MAX_ID_LEN = 256
+_ID_CHARS = re.compile(r"^[A-Za-z0-9:_.\-]+$")
+
+
+@dataclass(frozen=True)
+class Ignored:
+    source: str
+    value: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class EnvDevices:
+    """NVIDIA_VISIBLE_DEVICES as asked: kind is "ids", "all", "none" or "void"."""
+
+    raw: str
+    kind: str
+    ids: tuple[str, ...] = ()
+    legacy: bool = False
+
+
+@dataclass(frozen=True)
+class Request:
+    privileged: bool
+    privileged_reason: str
+    mount_ids: tuple[str, ...]  # GPU ids from volume mounts, deduplicated, in order
+    mount_caps: tuple[str, ...]  # mig-monitor / mig-config asked through volume mounts
+    mount_ignored: tuple[Ignored, ...]
+    env_devices: EnvDevices | None  # None: nothing asked through env
+    driver_capabilities: tuple[str, ...]
+    driver_capabilities_ignored: tuple[str, ...]
+    requirements: tuple[tuple[str, str], ...]  # (env name, expression)
+    mig_monitor_env: str | None
+    mig_config_env: str | None
+    nvidia_env: Mapping[str, str]  # the NVIDIA_* / CUDA_VERSION keys only: safe to log
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.mount_ids or self.mount_caps or self.mount_ignored
+                    or self.env_devices is not None or self.mig_monitor_env is not None
+                    or self.mig_config_env is not None)
+
+
+def might_request(spec_env: Iterable[str], mounts: Iterable[tuple[object, object]]) -> bool:
+    """A config-free pre-check on raw spec data, for the hook's fast path: False only when no
+    setting could make this container request anything (no /dev/null mount, no NVIDIA env)."""
+    for source, _ in mounts:
+        if source == DEV_NULL:
+            return True
+    for item in spec_env:
+        if isinstance(item, str) and (item.startswith(("NVIDIA_", ENV_CUDA_VERSION + "="))):
+            return True
+    return False
+
+
+def extract_request(spec: SpecView, volume_mount_root: str) -> Request:
+    privileged, why = privilege(spec)
+    mount_ids, mount_caps, mount_ignored = _mount_requests(spec, volume_mount_root)
+    env = spec.env
+    env_devices = parse_visible_devices(env)
+    caps, caps_ignored = driver_capabilities(env, legacy=bool(env_devices and env_devices.legacy))
+    return Request(
+        privileged=privileged,
+        privileged_reason=why,
+        mount_ids=mount_ids,
+        mount_caps=mount_caps,
+        mount_ignored=mount_ignored,
+        env_devices=env_devices,
+        driver_capabilities=caps,
+        driver_capabilities_ignored=caps_ignored,
+        requirements=requirements(env, legacy=bool(env_devices and env_devices.legacy)),
+        mig_monitor_env=env.get(ENV_MIG_MONITOR),
+        mig_config_env=env.get(ENV_MIG_CONFIG),
+        nvidia_env={k: v for k, v in env.items()
+                    if k.startswith("NVIDIA_") or k == ENV_CUDA_VERSION},
+    )
+
+
+def privilege(spec: SpecView) -> tuple[bool, str]:
+    if CAP_SYS_ADMIN in spec.capabilities:
+        return True, "CAP_SYS_ADMIN is in process.capabilities.bounding"
+    if not spec.has_capabilities:
+        return False, "the spec grants no capabilities"
+    return False, "CAP_SYS_ADMIN is not in process.capabilities.bounding"
+
+
+def _mount_requests(spec: SpecView, root: str
+                    ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[Ignored, ...]]:
+    ids: list[str] = []
+    caps: list[str] = []
+    ignored: list[Ignored] = []
+    for mount in spec.mounts:
+        rel = _under_root(mount.destination, root)
+        if rel is None:
+            continue
+        if mount.source != DEV_NULL:
+            ignored.append(Ignored("volume-mounts", mount.destination,
+                                   f"source is {mount.source!r}, not {DEV_NULL}"))
+            continue
+        parts = rel.split("/")
+        if parts[0] == "imex":
+            ignored.append(Ignored("volume-mounts", rel,
+                                   "IMEX channel: not a GPU id; gpuhook does not inject channels"))
+        elif parts[0] == "cdi":
+            ignored.append(Ignored("volume-mounts", rel,
+                                   "CDI device name: not a GPU id; the runtime's CDI support "
+                                   "injects it"))
+        elif len(parts) > 1:
+            raise InputError(f"volume mount {mount.destination!r}: {rel!r} is not a device id "
+                             "(ids have no '/'; only imex/ and cdi/ entries are paths)")
+        elif rel in (MIG_MONITOR, MIG_CONFIG):
+            if rel not in caps:
+                caps.append(rel)
+        else:
+            _check_id(rel, f"volume mount {mount.destination!r}")
+            if rel not in ids:
+                ids.append(rel)
+    if len(ids) > MAX_IDS:
+        raise InputError(f"{len(ids)} device ids in volume mounts, more than {MAX_IDS}")
+    return tuple(ids), tuple(caps), tuple(ignored)
+
+
+def _under_root(destination: str, root: str) -> str | None:
+    """The id part of a destination under root, or None when the mount is elsewhere.
+    Traversal or empty components under the root are refused, never trimmed."""
+    root_parts = [p for p in root.split("/") if p]
+    if not destination.startswith("/"):
+        return None
+    parts = destination.split("/")[1:]
+    if parts[: len(root_parts)] != root_parts:
+        return None
+    rest = parts[len(root_parts):]
+    if not rest:
+        raise InputError(f"volume mount {destination!r} names the device-list root, not an id")
+    for p in rest:
+        if p in ("", ".", ".."):
+            raise InputError(f"volume mount {destination!r}: empty, '.' or '..' component "
+                             f"under {root}")
+    return "/".join(rest)
+
+
+def _check_id(device_id: str, where: str) -> None:
+    if len(device_id) > MAX_ID_LEN or not _ID_CHARS.match(device_id):
+        raise InputError(f"{where}: malformed device id {device_id[:80]!r}")
+
+
+def parse_visible_devices(env: Mapping[str, str]) -> EnvDevices | None:
+    raw = env.get(ENV_VISIBLE)
+    if raw is None:
+        if ENV_CUDA_VERSION in env and "NVIDIA_REQUIRE_CUDA" not in env:
+            return EnvDevices(raw="", kind="all", ids=("all",), legacy=True)
+        return None
+    items: list[str] = []
+    for item in raw.split(","):
+        item = item.strip()
+        if item and item not in items:
+            items.append(item)
+    if not items or "void" in items:
+        return EnvDevices(raw=raw, kind="void")
+    if "all" in items:
+        return EnvDevices(raw=raw, kind="all", ids=("all",))
+    ids = tuple(i for i in items if i != "none")
+    if not ids:
+        return EnvDevices(raw=raw, kind="none")
+    if len(ids) > MAX_IDS:
+        raise InputError(f"{ENV_VISIBLE}: {len(ids)} ids, more than {MAX_IDS}")
+    for i in ids:
+        _check_id(i, ENV_VISIBLE)
+    return EnvDevices(raw=raw, kind="ids", ids=ids)
+
+
+def driver_capabilities(env: Mapping[str, str], legacy: bool
+                        ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    raw = env.get(ENV_DRIVER_CAPS)
+    if raw is None or not raw.strip():
+        return (SUPPORTED_DRIVER_CAPS if legacy else DEFAULT_DRIVER_CAPS), ()
+    asked = [c.strip() for c in raw.split(",") if c.strip()]
+    if "all" in asked:
+        return SUPPORTED_DRIVER_CAPS, ()
+    caps = tuple(c for c in SUPPORTED_DRIVER_CAPS if c in asked)
+    unknown = tuple(dict.fromkeys(c for c in asked if c not in SUPPORTED_DRIVER_CAPS))
+    return caps, unknown
+
+
+def requirements(env: Mapping[str, str], legacy: bool) -> tuple[tuple[str, str], ...]:
+    if env.get(ENV_DISABLE_REQUIRE, "").strip().lower() in ("1", "true", "yes", "on"):
+        return ()
+    reqs = [(k, v) for k, v in sorted(env.items())
+            if k.startswith(ENV_REQUIRE_PREFIX) and v.strip()]
+    if legacy:
+        parts = env[ENV_CUDA_VERSION].split(".")
+        if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+            reqs.append((ENV_CUDA_VERSION, f"cuda>={parts[0]}.{parts[1]}"))
+    return tuple(reqs)

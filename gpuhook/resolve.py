@@ -1,0 +1,158 @@
+"""Ids + Inventory -> devices, or a ResolveError naming the id and what exists. Pure."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from gpuhook.errors import ResolveError
+from gpuhook.inventory import Gpu, Inventory, MigDevice
+
+_INDEX = re.compile(r"^\d+$")
+_MIG_INDEX = re.compile(r"^(\d+):(\d+)$")
+_CONSTRAINT = re.compile(r"^(cuda|driver|arch|brand)\s*(>=|<=|==|=|>|<)\s*(.+)$")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    gpu: Gpu
+    mig: MigDevice | None = None
+
+    @property
+    def kind(self) -> str:
+        return "gpu" if self.mig is None else "mig"
+
+    @property
+    def index(self) -> str:
+        return str(self.gpu.index) if self.mig is None else f"{self.gpu.index}:{self.mig.index}"
+
+    @property
+    def uuid(self) -> str:
+        return self.gpu.uuid if self.mig is None else self.mig.uuid
+
+
+def resolve(ids: Iterable[str], inv: Inventory, allow_full_gpu_on_mig: bool
+            ) -> tuple[Resolved, ...]:
+    out: list[Resolved] = []
+    for device_id in ids:
+        for dev in _resolve_one(device_id, inv, allow_full_gpu_on_mig):
+            if dev not in out:
+                out.append(dev)
+    return tuple(out)
+
+
+def _resolve_one(device_id: str, inv: Inventory, allow_full: bool) -> list[Resolved]:
+    if device_id == "all":
+        # On a MIG-enabled GPU the schedulable units are its MIG devices: `all` means those,
+        # unless whole MIG-enabled GPUs are allowed.
+        out: list[Resolved] = []
+        for gpu in inv.gpus:
+            if gpu.mig_enabled and not allow_full:
+                out.extend(Resolved(gpu, m) for m in gpu.mig_devices)
+            else:
+                out.append(Resolved(gpu))
+        return out
+    if _INDEX.match(device_id):
+        gpu = _gpu_by(lambda g: g.index == int(device_id), inv, device_id)
+        return [_full(gpu, device_id, allow_full)]
+    m = _MIG_INDEX.match(device_id)
+    if m:
+        gpu = _gpu_by(lambda g: g.index == int(m.group(1)), inv, device_id)
+        for mig in gpu.mig_devices:
+            if mig.index == int(m.group(2)):
+                return [Resolved(gpu, mig)]
+        raise ResolveError(f"{device_id} not found: {_mig_list(gpu)}")
+    if device_id.startswith("GPU-"):
+        gpu = _gpu_by(lambda g: g.uuid == device_id, inv, device_id)
+        return [_full(gpu, device_id, allow_full)]
+    if device_id.startswith("MIG-"):
+        for gpu in inv.gpus:
+            for mig in gpu.mig_devices:
+                if mig.uuid == device_id:
+                    return [Resolved(gpu, mig)]
+        migs = [f"{m.uuid} ({g.index}:{m.index})" for g in inv.gpus for m in g.mig_devices]
+        raise ResolveError(f"{device_id} not found; available MIG devices: "
+                           + (", ".join(migs) if migs else "none (no GPU is in MIG mode)"))
+    raise ResolveError(f"{device_id!r} is not a device id (expected an index like 0, "
+                       f"a MIG index like 0:1, GPU-<uuid>, MIG-<uuid> or all); "
+                       f"available: {_gpu_list(inv)}")
+
+
+def _gpu_by(pred: Callable[[Gpu], bool], inv: Inventory, device_id: str) -> Gpu:
+    for gpu in inv.gpus:
+        if pred(gpu):
+            return gpu
+    raise ResolveError(f"{device_id} not found; available: {_gpu_list(inv)}")
+
+
+def _full(gpu: Gpu, device_id: str, allow_full: bool) -> Resolved:
+    if gpu.mig_enabled and not allow_full:
+        raise ResolveError(
+            f"{device_id} is GPU {gpu.index} ({gpu.uuid}), which is in MIG mode; request one of "
+            f"its MIG devices instead ({_mig_list(gpu)}) or set "
+            "allow-full-gpu-on-mig-enabled = true")
+    return Resolved(gpu)
+
+
+def _gpu_list(inv: Inventory) -> str:
+    if not inv.gpus:
+        return "no GPUs"
+    return ", ".join(f"{g.uuid} ({g.index})" for g in inv.gpus)
+
+
+def _mig_list(gpu: Gpu) -> str:
+    if not gpu.mig_devices:
+        return f"GPU {gpu.index} has no MIG devices"
+    return f"MIG devices of GPU {gpu.index}: " + ", ".join(
+        f"{m.uuid} ({gpu.index}:{m.index}, {m.profile})" for m in gpu.mig_devices)
+
+
+def check_requirements(reqs: Iterable[tuple[str, str]], inv: Inventory) -> list[str]:
+    """Raise when a NVIDIA_REQUIRE_* expression fails. Space-separated alternatives are ORed,
+    comma-separated constraints ANDed (libnvidia-container's rule). Returns notes about
+    constraints that cannot be judged here (arch, brand)."""
+    notes: list[str] = []
+    for name, expr in reqs:
+        failures: list[str] = []
+        ok = False
+        for alternative in expr.split():
+            verdict, why = _alternative(alternative, inv)
+            if verdict is None:
+                notes.append(f"{name}: {alternative!r} not evaluated ({why})")
+            elif verdict:
+                ok = True
+                break
+            else:
+                failures.append(why)
+        if not ok and failures:
+            raise ResolveError(f"requirement {name}={expr!r} not met: " + "; ".join(failures))
+    return notes
+
+
+def _alternative(alternative: str, inv: Inventory) -> tuple[bool | None, str]:
+    for constraint in alternative.split(","):
+        m = _CONSTRAINT.match(constraint.strip())
+        if not m:
+            raise ResolveError(f"requirement {constraint!r}: expected e.g. cuda>=12.0")
+        key, op, want = m.groups()
+        if key in ("arch", "brand"):
+            return None, f"{key} constraints are not checked by gpuhook"
+        have = inv.cuda_version if key == "cuda" else inv.driver_version
+        if not _compare(_version(have, key), op, _version(want, key)):
+            return False, f"{key}{op}{want} but the node has {key} {have}"
+    return True, ""
+
+
+def _version(text: str, key: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.strip().split("."))
+    except ValueError:
+        raise ResolveError(f"{key} version {text!r} is not dotted numbers") from None
+
+
+def _compare(have: tuple[int, ...], op: str, want: tuple[int, ...]) -> bool:
+    n = max(len(have), len(want))
+    a = have + (0,) * (n - len(have))
+    b = want + (0,) * (n - len(want))
+    return {">=": a >= b, "<=": a <= b, "==": a == b, "=": a == b, ">": a > b, "<": a < b}[op]

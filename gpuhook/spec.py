@@ -1,0 +1,177 @@
+"""Read the OCI runtime spec (`config.json`) and hook state: only the fields gpuhook needs,
+each checked, with errors that name the field. The spec is never rewritten from this view."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gpuhook.errors import InputError
+
+MAX_SPEC_BYTES = 16 << 20
+MAX_STATE_BYTES = 1 << 20
+MAX_ENV_ENTRIES = 65536
+MAX_MOUNTS = 16384
+
+
+@dataclass(frozen=True)
+class Mount:
+    destination: str
+    source: str | None
+    type: str | None
+
+
+@dataclass(frozen=True)
+class SpecView:
+    """What a container asks for, as written in its spec."""
+
+    oci_version: str
+    env: Mapping[str, str]
+    mounts: tuple[Mount, ...]
+    capabilities: frozenset[str]  # bounding set (flat list for ociVersion 1.0.0-rc1..rc5)
+    root_path: str | None
+    has_capabilities: bool
+
+
+@dataclass(frozen=True)
+class State:
+    oci_version: str
+    id: str
+    pid: int
+    bundle: str
+    annotations: Mapping[str, str]
+
+
+def read_limited(path: str, limit: int, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise InputError(f"{what} {path}: {e.strerror}") from None
+    if len(data) > limit:
+        raise InputError(f"{what} {path}: larger than {limit} bytes")
+    return data
+
+
+def decode_json(data: bytes, what: str) -> object:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{what}: not UTF-8 (byte {e.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{what}: invalid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+                         ) from None
+    except RecursionError:
+        raise InputError(f"{what}: invalid JSON: nested too deeply") from None
+
+
+def parse_spec(data: bytes, what: str = "config.json") -> SpecView:
+    top = _obj(decode_json(data, what), what)
+    oci = _opt_str(top, "ociVersion", what) or ""
+    process = top.get("process")
+    if process is None:
+        raise InputError(f"{what}: missing process")
+    proc = _obj(process, f"{what}: process")
+    env = _env(proc.get("env", []), f"{what}: process.env")
+    caps, has_caps = _capabilities(proc.get("capabilities"), oci, f"{what}: process.capabilities")
+    mounts_raw = top.get("mounts", [])
+    if not isinstance(mounts_raw, list):
+        raise InputError(f"{what}: mounts must be a list")
+    if len(mounts_raw) > MAX_MOUNTS:
+        raise InputError(f"{what}: {len(mounts_raw)} mounts, more than {MAX_MOUNTS}")
+    mounts = tuple(_mount(m, f"{what}: mounts[{i}]") for i, m in enumerate(mounts_raw))
+    root_path = None
+    if "root" in top:
+        root = _obj(top["root"], f"{what}: root")
+        root_path = _opt_str(root, "path", f"{what}: root")
+    return SpecView(oci, env, mounts, caps, root_path, has_caps)
+
+
+def parse_state(data: bytes, what: str = "hook state (stdin)") -> State:
+    top = _obj(decode_json(data, what), what)
+    pid = top.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        raise InputError(f"{what}: pid must be a positive integer, got {pid!r}")
+    bundle = _opt_str(top, "bundle", what)
+    if not bundle:
+        raise InputError(f"{what}: missing bundle")
+    annotations_raw = top.get("annotations") or {}
+    annotations = _obj(annotations_raw, f"{what}: annotations")
+    return State(
+        oci_version=_opt_str(top, "ociVersion", what) or "",
+        id=_opt_str(top, "id", what) or "",
+        pid=pid,
+        bundle=bundle,
+        annotations={k: v for k, v in annotations.items() if isinstance(v, str)},
+    )
+
+
+def _obj(value: object, what: str) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise InputError(f"{what}: expected an object, got {_kind(value)}")
+    return value
+
+
+def _opt_str(obj: Mapping[str, object], key: str, what: str) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InputError(f"{what}: {key} must be a string, got {_kind(value)}")
+    _no_nul(value, f"{what}: {key}")
+    return value
+
+
+def _no_nul(value: str, what: str) -> None:
+    if "\0" in value:
+        raise InputError(f"{what} contains a NUL byte")
+
+
+def _env(raw: object, what: str) -> dict[str, str]:
+    if not isinstance(raw, list):
+        raise InputError(f"{what} must be a list, got {_kind(raw)}")
+    if len(raw) > MAX_ENV_ENTRIES:
+        raise InputError(f"{what}: {len(raw)} entries, more than {MAX_ENV_ENTRIES}")
+    env: dict[str, str] = {}
+    for i, item in enumerate(raw):
+        if not isinstance(item, str):
+            raise InputError(f"{what}[{i}] must be a string, got {_kind(item)}")
+        _no_nul(item, f"{what}[{i}]")
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"{what}[{i}] is not KEY=VALUE: {item[:60]!r}")
+        env[key] = value  # the last definition wins, as in a Go map built from the list
+    return env
+
+
+def _capabilities(raw: object, oci: str, what: str) -> tuple[frozenset[str], bool]:
+    if raw is None:
+        return frozenset(), False
+    if isinstance(raw, list):
+        # ociVersion 1.0.0-rc1 .. rc5: capabilities was one flat list.
+        return frozenset(_str_list(raw, what)), True
+    caps = _obj(raw, what)
+    return frozenset(_str_list(caps.get("bounding") or [], f"{what}.bounding")), True
+
+
+def _str_list(raw: object, what: str) -> list[str]:
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise InputError(f"{what} must be a list of strings")
+    return raw
+
+
+def _mount(raw: object, what: str) -> Mount:
+    m = _obj(raw, what)
+    dest = _opt_str(m, "destination", what)
+    if not dest:
+        raise InputError(f"{what}: missing destination")
+    return Mount(dest, _opt_str(m, "source", what), _opt_str(m, "type", what))
+
+
+def _kind(value: object) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number", type(None): "null"}.get(type(value),
+                                                                        type(value).__name__)

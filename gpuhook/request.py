@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gpuhook.errors import InputError
@@ -64,18 +64,6 @@ class Request:
         return bool(self.mount_ids or self.mount_caps or self.mount_ignored
                     or self.env_devices is not None or self.mig_monitor_env is not None
                     or self.mig_config_env is not None)
-
-
-def might_request(spec_env: Iterable[str], mounts: Iterable[tuple[object, object]]) -> bool:
-    """A config-free pre-check on raw spec data, for the hook's fast path: False only when no
-    setting could make this container request anything (no /dev/null mount, no NVIDIA env)."""
-    for source, _ in mounts:
-        if source == DEV_NULL:
-            return True
-    for item in spec_env:
-        if isinstance(item, str) and (item.startswith(("NVIDIA_", ENV_CUDA_VERSION + "="))):
-            return True
-    return False
 
 
 def extract_request(spec: SpecView, volume_mount_root: str) -> Request:

@@ -102,3 +102,16 @@ def hook_prestart(config_path: str | None) -> None:
     from gpuhook.hook import prestart_main
 
     sys.exit(prestart_main(["--config", config_path] if config_path else []))
+
+
+def _register() -> None:
+    # Command groups that live in their own modules (one job each).
+    from gpuhook.cli_install import install, uninstall
+    from gpuhook.cli_inventory import inventory
+
+    cli.add_command(install)
+    cli.add_command(uninstall)
+    cli.add_command(inventory)
+
+
+_register()

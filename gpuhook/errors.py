@@ -34,4 +34,4 @@ class NvmlError(GpuhookError):
 
 
 class ApplyError(GpuhookError):
-    """Applying a plan to the system (nodes, cgroup rules) failed; nothing widened is left behind."""
+    """Applying a plan (nodes, cgroup rules) failed; nothing widened is left behind."""

@@ -37,7 +37,7 @@ def prestart_main(args: list[str]) -> int:
     return _full(config_path, state_raw, spec_raw)
 
 
-def _config_arg(args: list[str]) -> str | None | bool:
+def _config_arg(args: list[str]) -> str | bool | None:
     if not args:
         return None
     if len(args) == 2 and args[0] == "--config":
@@ -47,7 +47,7 @@ def _config_arg(args: list[str]) -> str | None | bool:
     return False
 
 
-def _full(config_path: str | None | bool, state_raw: bytes, spec_raw: bytes | None) -> int:
+def _full(config_path: str | bool | None, state_raw: bytes, spec_raw: bytes | None) -> int:
     from gpuhook.config import Config, load_config
     from gpuhook.decision_log import log_decision
     from gpuhook.errors import GpuhookError

@@ -61,8 +61,8 @@ def parse_proc_devices(text: str) -> dict[str, int]:
     """Character-device majors by name from /proc/devices (the block section is skipped)."""
     majors: dict[str, int] = {}
     section = ""
-    for line in text.splitlines():
-        line = line.strip()
+    for raw in text.splitlines():
+        line = raw.strip()
         if not line:
             continue
         if line.endswith(":"):

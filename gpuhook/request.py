@@ -164,8 +164,8 @@ def parse_visible_devices(env: Mapping[str, str]) -> EnvDevices | None:
             return EnvDevices(raw="", kind="all", ids=("all",), legacy=True)
         return None
     items: list[str] = []
-    for item in raw.split(","):
-        item = item.strip()
+    for part in raw.split(","):
+        item = part.strip()
         if item and item not in items:
             items.append(item)
     if not items or "void" in items:

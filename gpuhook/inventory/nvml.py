@@ -6,6 +6,7 @@ NVML cannot give is an error, never "N/A" (MIG mode NOT_SUPPORTED is an answer: 
 
 from __future__ import annotations
 
+import contextlib
 from types import ModuleType
 from typing import Any
 
@@ -35,7 +36,7 @@ def _import() -> ModuleType:
     except ImportError as e:
         raise NvmlError(f"cannot import pynvml ({e}); install nvidia-ml-py or set "
                         "`inventory` to a fake inventory file") from None
-    return pynvml
+    return pynvml  # type: ignore[no-any-return]
 
 
 def nvml_error(nv: ModuleType, err: BaseException, call: str) -> NvmlError:
@@ -78,10 +79,9 @@ def load_nvml(module: ModuleType | None = None) -> Inventory:
     try:
         return _read(api)
     finally:
-        try:
+        # Shutting down after the read: its answer already stands either way.
+        with contextlib.suppress(nv.NVMLError):
             nv.nvmlShutdown()
-        except nv.NVMLError:
-            pass  # shutting down after a successful read; the answer already stands
 
 
 def _read(api: _Nvml) -> Inventory:

@@ -24,7 +24,8 @@ ONE_HOST = str(HOSTS / "1gpu")
 def spec(env: Iterable[str] = (), ids: Iterable[str] = (), privileged: bool = False,
          mounts: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
     caps = [*BASE_CAPS, "CAP_SYS_ADMIN"] if privileged else list(BASE_CAPS)
-    all_mounts = [{"destination": "/proc", "type": "proc", "source": "proc"}]
+    all_mounts: list[dict[str, Any]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc"}]
     all_mounts += [{"destination": f"{ROOT}/{i}", "type": "bind", "source": "/dev/null",
                     "options": ["rbind", "ro"]} for i in ids]
     all_mounts += list(mounts)

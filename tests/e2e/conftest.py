@@ -1,0 +1,25 @@
+"""Fixtures for the real-runtime tests: one busybox rootfs per session, per-test work dirs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import runc_harness as rh
+
+
+@pytest.fixture(scope="session")
+def runc_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A busybox-static rootfs, built once; bundles copy (hard-link) it."""
+    reason = rh.skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    return rh.build_rootfs(tmp_path_factory.mktemp("rootfs") / "rootfs")
+
+
+@pytest.fixture(params=["v1", "v2"], ids=["cgroup-v1", "cgroup-v2"])
+def cgroup_mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Both cgroup modes runc supports here: v1 (hybrid host) and v2 (own mount ns)."""
+    yield str(request.param)

@@ -1,14 +1,340 @@
-"""gpuhook-runtime: the OCI runtime shim. Placeholder until the shim issue lands: exec runc."""
+"""gpuhook-runtime: an OCI runtime (containerd's `BinaryName`) that edits the bundle's
+config.json on `create` / `run` and then becomes the real runtime (runc, crun) with os.execve.
+
+Every other command, and every flag, goes through unchanged. A container that asks for no GPU is
+passed through with its spec untouched (not even rewritten). This module imports no click and
+nothing heavy on the passthrough path: it runs for every runc call on a node.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+PROG = "gpuhook-runtime"
+# Set in the real runtime's environment. Seeing it on entry means the "real" runtime was us.
+MARKER = "GPUHOOK_RUNTIME_SHIM"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+EDIT_COMMANDS = ("create", "run")
+
+# runc 1.1's flags (urfave/cli v1 on Go's flag package: `-name` and `--name`, `--name=value`).
+GLOBAL_VALUE_FLAGS = frozenset({"root", "log", "log-format", "criu", "rootless"})
+COMMAND_VALUE_FLAGS = frozenset({"bundle", "b", "console-socket", "pid-file", "preserve-fds",
+                                 "pidfd-socket"})
+
+
+class ShimError(Exception):
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """What the runtime was asked to do, as far as the shim cares."""
+
+    command: str | None
+    globals: dict[str, str] = field(default_factory=dict)  # flag name -> value ("true": bool)
+    bundle: str | None = None  # as given, None: the current directory
+    container_id: str | None = None
+
+    @property
+    def log_path(self) -> str | None:
+        return self.globals.get("log") or None
+
+    @property
+    def log_format(self) -> str:
+        return self.globals.get("log-format") or "text"
+
+    @property
+    def edits_spec(self) -> bool:
+        return self.command in EDIT_COMMANDS
+
+
+def _flag(token: str) -> tuple[str, str | None] | None:
+    """`--name=value` / `-name value` -> (name, inline value); None for a non-flag."""
+    if len(token) < 2 or not token.startswith("-") or token == "--":
+        return None
+    name = token[2:] if token.startswith("--") else token[1:]
+    if not name or name.startswith("-"):
+        return None
+    key, sep, value = name.partition("=")
+    return key, (value if sep else None)
+
+
+def parse_args(args: list[str]) -> Invocation:
+    """Parse runc's argv (without argv[0]). Global flags come before the command; command flags
+    may come before or after the container id (urfave/cli v1 reorders them); `--` ends flags."""
+    globals_: dict[str, str] = {}
+    i = 0
+    command: str | None = None
+    while i < len(args):
+        tok = args[i]
+        if tok == "--":
+            command = args[i + 1] if i + 1 < len(args) else None
+            i += 2
+            break
+        parsed = _flag(tok)
+        if parsed is None:
+            command = tok
+            i += 1
+            break
+        name, value = parsed
+        if value is None and name in GLOBAL_VALUE_FLAGS:
+            value = args[i + 1] if i + 1 < len(args) else ""
+            i += 1
+        globals_[name] = "true" if value is None else value
+        i += 1
+    if command not in EDIT_COMMANDS:
+        return Invocation(command, globals_)
+    bundle: str | None = None
+    positional: list[str] = []
+    rest = args[i:]
+    j = 0
+    while j < len(rest):
+        tok = rest[j]
+        if tok == "--":
+            positional.extend(rest[j + 1:])
+            break
+        parsed = _flag(tok)
+        if parsed is None:
+            positional.append(tok)
+            j += 1
+            continue
+        name, value = parsed
+        if value is None and name in COMMAND_VALUE_FLAGS:
+            value = rest[j + 1] if j + 1 < len(rest) else ""
+            j += 1
+        if name in ("bundle", "b"):
+            bundle = value  # the last one wins, as in Go's flag package
+        j += 1
+    return Invocation(command, globals_, bundle, positional[0] if positional else None)
+
+
+# ---- finding the real runtime ----------------------------------------------------------------
+
+def self_paths(argv0: str, path_env: str) -> set[str]:
+    """Real paths this very program may have: argv[0] (what the kernel ran), and the file argv[0]
+    names on PATH when it has no slash."""
+    found = {os.path.realpath(argv0)} if os.sep in argv0 else set()
+    if os.sep not in argv0:
+        for d in path_env.split(os.pathsep):
+            cand = os.path.join(d or ".", argv0)
+            if os.path.isfile(cand):
+                found.add(os.path.realpath(cand))
+    return found
+
+
+def find_runtime(names: tuple[str, ...], path_env: str, exclude: set[str]) -> str:
+    """The first executable of `names` (absolute paths, or names looked up on PATH) that is not
+    this program."""
+    tried: list[str] = []
+    for name in names:
+        cands = [name] if os.sep in name else [os.path.join(d or ".", name)
+                                               for d in path_env.split(os.pathsep)]
+        seen = False
+        for cand in cands:
+            if not (os.path.isfile(cand) and os.access(cand, os.X_OK)):
+                continue
+            seen = True
+            if os.path.realpath(cand) in exclude:
+                tried.append(f"{cand} (is {PROG} itself)")
+                continue
+            return cand
+        if not seen:
+            tried.append(f"{name} (not found)")
+    raise ShimError(f"no real OCI runtime found: tried {', '.join(tried)} with "
+                    f"PATH={path_env}; set `runtimes` in the gpuhook config", 127)
+
+
+def exec_runtime(runtime: str, argv: list[str]) -> None:
+    env = dict(os.environ)
+    env[MARKER] = "1"
+    # Python ignores SIGPIPE and SIGXFSZ; an ignored disposition survives exec. Give the real
+    # runtime what its caller gave us.
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(runtime, [runtime, *argv[1:]], env)
+
+
+# ---- the bundle ------------------------------------------------------------------------------
+
+def prepare_bundle(bundle: str, config: Any, record: dict[str, Any]) -> str:
+    """Edit <bundle>/config.json for the container's plan. Returns what happened: "untouched"
+    (no request, empty plan, or already edited) or "edited"."""
+    from gpuhook.fastpath import might_request
+    from gpuhook.spec import MAX_SPEC_BYTES, read_limited
+
+    path = os.path.join(bundle, "config.json")
+    raw = read_limited(path, MAX_SPEC_BYTES, "spec")
+    try:
+        quick = json.loads(raw)
+    except ValueError:
+        quick = None  # the validating parser names the problem
+    if quick is not None and not might_request(quick):
+        return "untouched"
+    from gpuhook.pipeline import plan_for_spec
+    from gpuhook.render import plan_json
+    from gpuhook.spec import decode_json, parse_spec
+
+    plan = plan_for_spec(parse_spec(raw, path), config)
+    summary = plan_json(plan)
+    record.update(source=plan.source, device_ids=summary["device_ids"],
+                  ignored=summary["ignored"], devices=summary["devices"], mode=config.mode)
+    if plan.empty and not plan.env:
+        record["decision"] = "empty"
+        return "untouched"
+    spec = decode_json(raw, path)
+    assert isinstance(spec, dict)  # parse_spec checked it
+    from gpuhook import spec_edit
+
+    if config.mode == "hook":
+        edited = spec_edit.apply_hook(spec, plan, gpuhook_executable(),
+                                      hook_args(config.source))
+    else:
+        edited = spec_edit.apply_plan(spec, plan)
+    record["decision"] = "applied"
+    if edited == spec:
+        return "untouched"  # idempotent: already carries the plan; no rewrite
+    write_atomic(path, json.dumps(edited, ensure_ascii=False, separators=(",", ":")).encode())
+    return "edited"
+
+
+def hook_args(config_source: str) -> tuple[str, ...]:
+    from gpuhook.config import SYSTEM_CONFIG
+    from gpuhook.spec_edit import HOOK_ARGS
+
+    # The hook runs with a minimal environment: a config found through $GPUHOOK_CONFIG must be
+    # named on its command line.
+    if os.path.isabs(config_source) and config_source != SYSTEM_CONFIG:
+        return (*HOOK_ARGS, "--config", config_source)
+    return HOOK_ARGS
+
+
+def gpuhook_executable(argv0: str | None = None) -> str:
+    """`gpuhook` next to this program (same bin dir), else next to the interpreter, else PATH."""
+    dirs = [os.path.dirname(os.path.abspath(argv0 or sys.argv[0])),
+            os.path.dirname(sys.executable)]
+    dirs += os.environ.get("PATH", DEFAULT_PATH).split(os.pathsep)
+    for d in dirs:
+        cand = os.path.join(d, "gpuhook")
+        if d and os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    raise ShimError(f"hook mode: no gpuhook executable next to {argv0 or sys.argv[0]}, "
+                    f"{sys.executable} or on PATH")
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Temp file in the same dir, same mode (and owner where allowed), fsync, rename, fsync dir."""
+    import tempfile
+
+    st = os.stat(path)
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".config.json.", suffix=".gpuhook", dir=directory)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, st.st_mode & 0o7777)
+            if os.geteuid() == 0:
+                os.fchown(fd, st.st_uid, st.st_gid)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+# ---- reporting -------------------------------------------------------------------------------
+
+def runtime_log_line(message: str, log_format: str, now: float | None = None) -> str:
+    """One error line as runc's logrus writes it (containerd reads the last error from it)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if now is None else now))
+    if log_format == "json":
+        return json.dumps({"level": "error", "msg": message, "time": stamp}) + "\n"
+    return f"time={json.dumps(stamp)} level=error msg={json.dumps(message)}\n"
+
+
+def report(message: str, inv: Invocation) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+    if not inv.log_path:
+        return
+    line = runtime_log_line(f"{PROG}: {message}", inv.log_format)
+    try:
+        fd = os.open(inv.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        print(f"{PROG}: warning: cannot write log {inv.log_path}: {e.strerror}", file=sys.stderr)
 
 
 def main(argv: list[str]) -> int:
-    runc = shutil.which("runc")
-    if runc is None:
-        print("gpuhook-runtime: runc not found on PATH")
-        return 127
-    os.execv(runc, ["runc", *argv[1:]])
+    inv = parse_args(argv[1:])
+    try:
+        return _run(argv, inv)
+    except ShimError as e:
+        report(str(e), inv)
+        return e.exit_code
+
+
+def _run(argv: list[str], inv: Invocation) -> int:
+    from gpuhook.config import Config, load_config
+    from gpuhook.errors import GpuhookError
+
+    if os.environ.get(MARKER):
+        raise ShimError(f"called by itself ({MARKER} is set): the real runtime named by "
+                        "`runtimes` in the gpuhook config is gpuhook-runtime; name runc or crun",
+                        126)
+    path_env = os.environ.get("PATH", DEFAULT_PATH)
+    if not inv.edits_spec:
+        try:
+            passthrough = load_config()
+        except GpuhookError:
+            # delete / kill / state must keep working with a broken config; nothing is granted.
+            passthrough = Config()
+        runtime = find_runtime(passthrough.runtimes, path_env, self_paths(argv[0], path_env))
+        exec_runtime(runtime, argv)
+        return 0  # not reached
+    record: dict[str, Any] = {"event": "create", "id": inv.container_id or "?"}
+    config: Config | None = None
+    try:
+        config = load_config()
+        runtime = find_runtime(config.runtimes, path_env, self_paths(argv[0], path_env))
+        bundle = os.path.abspath(inv.bundle or ".")
+        record["bundle"] = bundle
+        prepare_bundle(bundle, config, record)
+    except GpuhookError as e:
+        record.update(decision="refused", error=str(e))
+        raise ShimError(f"{inv.command} {inv.container_id or '?'}: {e}", e.exit_code) from None
+    except OSError as e:
+        record.update(decision="refused", error=str(e))
+        raise ShimError(f"{inv.command} {inv.container_id or '?'}: {e}") from None
+    except ShimError as e:
+        record.update(decision="refused", error=str(e))
+        raise
+    finally:
+        if config is not None and "decision" in record:
+            from gpuhook.decision_log import log_decision
+
+            log_decision(config.log_file, record)
+    exec_runtime(runtime, argv)
+    return 0  # not reached

@@ -1,0 +1,139 @@
+"""Plan -> edited OCI spec (`config.json`), as data. Pure: no I/O.
+
+The spec is edited as the JSON dicts it was parsed into, never through a model, so every field
+gpuhook does not know survives. Every edit is idempotent: applying the same Plan twice gives the
+same spec as applying it once.
+
+Spec mode (the runtime shim's default) writes what runc itself then enforces:
+- `linux.devices`: runc creates each node (mknod, or a bind mount in a user namespace) with the
+  given type, major, minor, fileMode, uid and gid;
+- `linux.resources.devices`: allow rules that runc puts into its own cgroup config (v1
+  devices.allow, or the v2 eBPF device program). runc does not derive cgroup rules from
+  `linux.devices`, so both are written. Because the rules are part of runc's cgroup config they
+  survive `systemctl daemon-reload` and `runc update`, unlike rules a hook adds behind runc's back.
+The rules are appended after every existing rule: runc evaluates them in order and the last match
+wins, so a deny-all written earlier by the engine stays in force for everything else.
+
+Hook mode adds a prestart hook running `gpuhook hook prestart` instead.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from gpuhook.errors import InputError
+from gpuhook.plan import Plan
+
+HOOK_ARGS = ("gpuhook", "hook", "prestart")
+HOOK_ENV = ("PATH=/usr/sbin:/usr/bin:/sbin:/bin",)
+
+JsonObj = dict[str, Any]
+
+
+class SpecShapeError(InputError):
+    """A field gpuhook must edit has a shape it cannot edit without losing data."""
+
+
+def apply_plan(spec: JsonObj, plan: Plan) -> JsonObj:
+    """Spec mode: the plan's device nodes, cgroup allow rules and env, written into a copy."""
+    out = copy.deepcopy(spec)
+    linux = _table(out, "linux", "linux")
+    devices = _list(linux, "devices", "linux.devices")
+    for node in plan.device_nodes:
+        entry = {"path": node.path, "type": node.type, "major": node.major,
+                 "minor": node.minor, "fileMode": node.file_mode, "uid": node.uid,
+                 "gid": node.gid}
+        _put_device(devices, entry)
+    resources = _table(linux, "resources", "linux.resources")
+    rules = _list(resources, "devices", "linux.resources.devices")
+    wanted = [{"allow": True, "type": r.type, "major": r.major, "minor": r.minor,
+               "access": r.access} for r in plan.cgroup_rules]
+    keys = {_rule_key(w) for w in wanted}
+    # Drop our own rules wherever they are, then append them last (last match wins).
+    rules[:] = [r for r in rules if _rule_key(r) not in keys] + wanted
+    if plan.env:
+        process = _table(out, "process", "process")
+        env = _list(process, "env", "process.env")
+        for key, value in plan.env:
+            set_env(env, key, value)
+    for m in plan.mounts:
+        mounts = _list(out, "mounts", "mounts")
+        entry = {"destination": m.destination, "type": "bind", "source": m.source,
+                 "options": list(m.options)}
+        if entry not in mounts:
+            mounts.append(entry)
+    return out
+
+
+def apply_hook(spec: JsonObj, plan: Plan, hook_path: str,
+               args: tuple[str, ...] = HOOK_ARGS) -> JsonObj:
+    """Hook mode: the plan's env (a prestart hook cannot set env) and the prestart hook."""
+    out = copy.deepcopy(spec)
+    if plan.env:
+        env = _list(_table(out, "process", "process"), "env", "process.env")
+        for key, value in plan.env:
+            set_env(env, key, value)
+    return add_prestart_hook(out, hook_path, args)
+
+
+def add_prestart_hook(spec: JsonObj, hook_path: str, args: tuple[str, ...] = HOOK_ARGS,
+                      env: tuple[str, ...] = HOOK_ENV) -> JsonObj:
+    """A prestart hook running gpuhook, added once: a hook whose path is `hook_path` and whose
+    args start with `gpuhook hook prestart` counts as already there."""
+    out = copy.deepcopy(spec)
+    hooks = _table(out, "hooks", "hooks")
+    prestart = _list(hooks, "prestart", "hooks.prestart")
+    for h in prestart:
+        if (isinstance(h, dict) and h.get("path") == hook_path
+                and isinstance(h.get("args"), list) and h["args"][:3] == list(HOOK_ARGS)):
+            return out
+    prestart.append({"path": hook_path, "args": list(args), "env": list(env)})
+    return out
+
+
+def set_env(env: list[Any], key: str, value: str) -> None:
+    """KEY=value replaces the first KEY= entry in place and drops later ones; else appended."""
+    prefix = key + "="
+    item = prefix + value
+    hits = [i for i, e in enumerate(env) if isinstance(e, str) and e.startswith(prefix)]
+    if not hits:
+        env.append(item)
+        return
+    env[hits[0]] = item
+    for i in reversed(hits[1:]):
+        del env[i]
+
+
+def _put_device(devices: list[Any], entry: JsonObj) -> None:
+    for i, d in enumerate(devices):
+        if isinstance(d, dict) and d.get("path") == entry["path"]:
+            # The plan decides what this path is; keep any extra fields the engine wrote.
+            devices[i] = {**d, **entry}
+            return
+    devices.append(entry)
+
+
+def _rule_key(rule: object) -> tuple[object, ...] | None:
+    if not isinstance(rule, dict):
+        return None
+    return (rule.get("allow"), rule.get("type"), rule.get("major"), rule.get("minor"),
+            rule.get("access"))
+
+
+def _table(parent: JsonObj, key: str, what: str) -> JsonObj:
+    value = parent.get(key)
+    if value is None:
+        value = parent[key] = {}
+    if not isinstance(value, dict):
+        raise SpecShapeError(f"{what} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _list(parent: JsonObj, key: str, what: str) -> list[Any]:
+    value = parent.get(key)
+    if value is None:
+        value = parent[key] = []
+    if not isinstance(value, list):
+        raise SpecShapeError(f"{what} must be a list, got {type(value).__name__}")
+    return value

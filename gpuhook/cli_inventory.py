@@ -2,9 +2,76 @@
 
 from __future__ import annotations
 
+import json
+
 import click
+
+from gpuhook.cli import CONFIG_HELP, report
+from gpuhook.errors import GpuhookError
 
 
 @click.group()
 def inventory() -> None:
-    """Inventory snapshot commands."""
+    """Inventory snapshot commands.
+
+    \b
+    The hook reads the snapshot at the config's `inventory-cache` (default
+    /run/gpuhook/inventory.json) instead of NVML when it is fresh: same driver version, GPU
+    set, proc/devices, mig-minors (content and mtime), MIG capability tree, inventory source
+    and host-root as when it was written. Otherwise it reads the backend and notes why.
+    """
+
+
+@inventory.command("refresh")
+@click.option("--config", "config_path", metavar="FILE", help=CONFIG_HELP)
+@click.option("--dry-run", is_flag=True, help="Print the snapshot instead of writing it.")
+def refresh(config_path: str | None, dry_run: bool) -> None:
+    """Read the inventory backend (NVML or the fake YAML), majors and mig-minors, and write
+    them atomically (mode 0600, dir 0700) to `inventory-cache`.
+
+    Run it at boot and after every driver or MIG change (a stale snapshot is never used, but
+    then every GPU container start pays for NVML again).
+    """
+    from gpuhook.config import load_config
+    from gpuhook.inventory.load import read_backend
+    from gpuhook.inventory.snapshot import build_snapshot, write_snapshot
+
+    try:
+        config = load_config(config_path)
+        snap = build_snapshot(config, read_backend)
+        if dry_run:
+            click.echo(json.dumps(snap, indent=1, sort_keys=True))
+            return
+        write_snapshot(config.inventory_cache, snap)
+    except GpuhookError as e:
+        report(e)
+        return
+    except OSError as e:
+        report(GpuhookError(f"cannot write {e.filename or 'snapshot'}: {e.strerror}"))
+        return
+    inv = snap["inventory"]
+    migs = sum(len(g.get("mig_devices", [])) for g in inv["gpus"])
+    click.echo(f"wrote {config.inventory_cache}: {len(inv['gpus'])} GPUs, {migs} MIG devices, "
+               f"driver {inv['driver_version']}, source {snap['key']['source']['backend']}")
+
+
+@inventory.command("show")
+@click.option("--config", "config_path", metavar="FILE", help=CONFIG_HELP)
+def show(config_path: str | None) -> None:
+    """Say whether the snapshot would be used now, and why not. Exit 0: fresh; 1: not used."""
+    from gpuhook.config import load_config
+    from gpuhook.inventory.snapshot import StaleSnapshot, fresh_inventory
+
+    try:
+        config = load_config(config_path)
+    except GpuhookError as e:
+        report(e)
+        return
+    try:
+        inv = fresh_inventory(config)
+    except StaleSnapshot as e:
+        click.echo(f"not used: {e}")
+        raise SystemExit(1) from None
+    migs = sum(len(g.mig_devices) for g in inv.gpus)
+    click.echo(f"fresh: {config.inventory_cache}: {len(inv.gpus)} GPUs, {migs} MIG devices, "
+               f"driver {inv.driver_version}")

@@ -30,10 +30,10 @@ InventoryLoader = Callable[[Config], Inventory]
 _NO_HOST = HostInfo(Majors(frontend=0, uvm=0, caps=None))
 
 
-def _default_loader(config: Config) -> Inventory:
-    from gpuhook.inventory.load import load_inventory
+def _default_loader(config: Config) -> tuple[Inventory, str]:
+    from gpuhook.inventory.load import load_inventory_noted
 
-    return load_inventory(config)
+    return load_inventory_noted(config)  # the snapshot if fresh, else the backend; noted
 
 
 def plan_for_spec(spec: SpecView, config: Config,
@@ -42,7 +42,11 @@ def plan_for_spec(spec: SpecView, config: Config,
     devices: tuple[Resolved, ...] = ()
     notes: list[str] = []
     if decision.device_ids:
-        inv = (load_inventory or _default_loader)(config)
+        if load_inventory is None:
+            inv, origin = _default_loader(config)
+            notes.append(origin)
+        else:
+            inv = load_inventory(config)
         notes.extend(check_requirements(decision.requirements, inv))
         devices = resolve(decision.device_ids, inv, config.allow_full_gpu_on_mig_enabled)
     if not (decision.control_nodes or devices):

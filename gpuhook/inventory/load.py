@@ -1,6 +1,13 @@
-"""Pick the inventory backend the config names."""
+"""Pick the inventory backend the config names, preferring a fresh snapshot.
+
+A start with a GPU request reads the snapshot at `inventory-cache` when it is trustworthy and
+its freshness key matches the host now (see snapshot.py); otherwise the backend itself: NVML,
+or the fake inventory YAML. Either way the caller learns which, for the decision log.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from gpuhook.config import Config
 from gpuhook.inventory.model import Inventory
@@ -9,6 +16,26 @@ NVML = "nvml"
 
 
 def load_inventory(config: Config) -> Inventory:
+    return load_inventory_noted(config)[0]
+
+
+def load_inventory_noted(config: Config, read: Callable[[Config], Inventory] | None = None,
+                         ) -> tuple[Inventory, str]:
+    """The inventory and a note saying where it came from (and why not the snapshot).
+    `read` replaces the backend (tests count its calls)."""
+    from gpuhook.inventory.snapshot import StaleSnapshot, fresh_inventory
+
+    try:
+        inventory = fresh_inventory(config)
+    except StaleSnapshot as e:
+        why = str(e)
+    else:
+        return inventory, f"inventory: fresh snapshot {config.inventory_cache}"
+    return (read or read_backend)(config), f"inventory: read {_backend_name(config)} ({why})"
+
+
+def read_backend(config: Config) -> Inventory:
+    """The backend itself, never the snapshot: what `gpuhook inventory refresh` saves."""
     if config.inventory == NVML:
         from gpuhook.inventory.nvml import load_nvml
 
@@ -16,3 +43,7 @@ def load_inventory(config: Config) -> Inventory:
     from gpuhook.inventory.fake import load_fake
 
     return load_fake(config.inventory)
+
+
+def _backend_name(config: Config) -> str:
+    return "NVML" if config.inventory == NVML else f"fake inventory {config.inventory}"

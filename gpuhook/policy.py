@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from gpuhook.config import Config
 from gpuhook.errors import PolicyError
 from gpuhook.request import (
+    DEFAULT_DRIVER_CAPS,
     ENV_MIG_CONFIG,
     ENV_MIG_MONITOR,
     ENV_VISIBLE,
     MIG_CONFIG,
     MIG_MONITOR,
+    SUPPORTED_DRIVER_CAPS,
     Ignored,
     Request,
 )
@@ -50,6 +52,11 @@ def decide(req: Request, config: Config) -> Decision:
     mig_config = _mig_capability(req, config, MIG_CONFIG, req.mig_config_env, ENV_MIG_CONFIG,
                                  ignored, notes)
     granted = source != SOURCE_NONE
+    caps = req.driver_capabilities
+    if caps is None:
+        # A legacy CUDA image means all capabilities, but only when its env request was taken.
+        legacy = source == SOURCE_ENV and req.env_devices is not None and req.env_devices.legacy
+        caps = SUPPORTED_DRIVER_CAPS if legacy else DEFAULT_DRIVER_CAPS
     if req.driver_capabilities_ignored and granted:
         notes.append("unsupported driver capabilities dropped: "
                      + ", ".join(req.driver_capabilities_ignored))
@@ -60,7 +67,7 @@ def decide(req: Request, config: Config) -> Decision:
         device_ids=ids,
         control_nodes=control or monitor or mig_config,
         ignored=tuple(ignored),
-        driver_capabilities=req.driver_capabilities if granted else (),
+        driver_capabilities=caps if granted else (),
         requirements=req.requirements if ids else (),
         mig_monitor=monitor,
         mig_config=mig_config,

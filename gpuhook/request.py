@@ -52,7 +52,7 @@ class Request:
     mount_caps: tuple[str, ...]  # mig-monitor / mig-config asked through volume mounts
     mount_ignored: tuple[Ignored, ...]
     env_devices: EnvDevices | None  # None: nothing asked through env
-    driver_capabilities: tuple[str, ...]
+    driver_capabilities: tuple[str, ...] | None  # None: not set, the default applies
     driver_capabilities_ignored: tuple[str, ...]
     requirements: tuple[tuple[str, str], ...]  # (env name, expression)
     mig_monitor_env: str | None
@@ -71,7 +71,7 @@ def extract_request(spec: SpecView, volume_mount_root: str) -> Request:
     mount_ids, mount_caps, mount_ignored = _mount_requests(spec, volume_mount_root)
     env = spec.env
     env_devices = parse_visible_devices(env)
-    caps, caps_ignored = driver_capabilities(env, legacy=bool(env_devices and env_devices.legacy))
+    caps, caps_ignored = driver_capabilities(env)
     return Request(
         privileged=privileged,
         privileged_reason=why,
@@ -182,11 +182,11 @@ def parse_visible_devices(env: Mapping[str, str]) -> EnvDevices | None:
     return EnvDevices(raw=raw, kind="ids", ids=ids)
 
 
-def driver_capabilities(env: Mapping[str, str], legacy: bool
-                        ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def driver_capabilities(env: Mapping[str, str]
+                        ) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
     raw = env.get(ENV_DRIVER_CAPS)
     if raw is None or not raw.strip():
-        return (SUPPORTED_DRIVER_CAPS if legacy else DEFAULT_DRIVER_CAPS), ()
+        return None, ()
     asked = [c.strip() for c in raw.split(",") if c.strip()]
     if "all" in asked:
         return SUPPORTED_DRIVER_CAPS, ()

@@ -20,16 +20,15 @@ def prestart_main(args: list[str]) -> int:
     if config_path is False:
         print("gpuhook: usage: gpuhook hook prestart [--config FILE]", file=sys.stderr)
         return 2
+    state_raw = sys.stdin.buffer.read(MAX_STATE_BYTES + 1)
     try:
-        state_raw = sys.stdin.buffer.read(MAX_STATE_BYTES + 1)
-        state = json.loads(state_raw)
-        bundle = state["bundle"]
+        bundle = json.loads(state_raw)["bundle"]
         with open(os.path.join(bundle, "config.json"), "rb") as f:
             spec_raw = f.read(MAX_SPEC_BYTES + 1)
         spec = json.loads(spec_raw)
-    except Exception:
+    except (ValueError, LookupError, TypeError, OSError):
         # Anything odd goes to the full, validating path, which names the problem.
-        return _full(config_path, state_raw if "state_raw" in locals() else b"", None)
+        return _full(config_path, state_raw, None)
     from gpuhook.fastpath import might_request
 
     if not might_request(spec):

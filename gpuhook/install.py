@@ -1,0 +1,580 @@
+"""`gpuhook install` / `uninstall` as data: each computes a list of file Changes from the files
+as they are; `--dry-run` prints their unified diff, otherwise they are written. Nothing here
+restarts a daemon.
+
+containerd's config is edited with tomlkit so that comments, order and every other setting stay
+byte-identical: scalar keys are replaced in place, and the runtime's tables are appended as one
+block at the end of the file (TOML allows a table anywhere), indented like containerd's own
+`config default` output when the file is indented. The original is kept as `<config>.gpuhook.bak`;
+`uninstall` puts it back byte for byte when nothing but gpuhook's own keys changed since.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import tomlkit
+import tomlkit.items
+
+BACKUP_SUFFIX = ".gpuhook.bak"
+RUNC_V2 = "io.containerd.runc.v2"
+HOOK_ARGS = ["gpuhook", "hook", "prestart"]
+HOOK_ENV = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
+RUNTIME_EXE = "gpuhook-runtime"
+
+DEFAULTS = {
+    "containerd_config": "/etc/containerd/config.toml",
+    "containerd_drop_in_dir": "/etc/containerd/conf.d",
+    "crio_drop_in_dir": "/etc/crio/crio.conf.d",
+    "docker_config": "/etc/docker/daemon.json",
+    "hooks_dir": "/usr/share/containers/oci/hooks.d",
+}
+DROP_IN_NAME = {"containerd": "99-gpuhook.toml", "crio": "99-gpuhook.conf"}
+HOOK_FILE = "gpuhook.json"
+RESTART = {
+    "containerd": "systemctl restart containerd",
+    "crio": "systemctl restart crio",
+    "docker": "systemctl restart docker",
+    "podman": "",
+}
+
+
+class InstallError(Exception):
+    """The file cannot be edited safely; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class Change:
+    path: str
+    old: bytes | None  # None: the file does not exist
+    new: bytes | None  # None: remove the file
+    backup: str | None = None  # install: copy `old` here first (kept if it exists already)
+    drop_backup: str | None = None  # uninstall: the backup that `new` came from, to remove
+
+    @property
+    def changes(self) -> bool:
+        return self.old != self.new
+
+
+@dataclass(frozen=True)
+class Options:
+    runtime: str
+    name: str = "nvidia"
+    config: str | None = None
+    set_as_default: bool = False
+    drop_in: bool = False
+    drop_in_dir: str | None = None
+    hooks_dir: str | None = None
+    runtime_binary: str = ""
+    hook_binary: str = ""
+    hook_config: str | None = None
+
+
+# ---- locating the executables -----------------------------------------------------------------
+
+def find_executable(name: str) -> str:
+    """`name` next to the running gpuhook script, next to the interpreter, else on PATH."""
+    for d in (os.path.dirname(os.path.abspath(sys.argv[0])), os.path.dirname(sys.executable)):
+        cand = os.path.join(d, name)
+        if os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    found = shutil.which(name)
+    if found is None:
+        raise InstallError(f"cannot find {name} next to {sys.argv[0]}, {sys.executable} or on "
+                           "PATH; name it with --runtime-binary / --hook-binary")
+    return os.path.abspath(found)
+
+
+# ---- file helpers -----------------------------------------------------------------------------
+
+def read_file(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise InstallError(f"{path}: {e.strerror}") from None
+
+
+def _text(data: bytes | None, path: str) -> str:
+    if data is None:
+        return ""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InstallError(f"{path}: not UTF-8") from None
+
+
+def diff(changes: list[Change]) -> str:
+    out: list[str] = []
+    for c in changes:
+        if not c.changes:
+            continue
+        old = _text(c.old, c.path).splitlines(keepends=True)
+        new = _text(c.new, c.path).splitlines(keepends=True)
+        out.extend(difflib.unified_diff(old, new, "/dev/null" if c.old is None else c.path,
+                                        "/dev/null" if c.new is None else c.path))
+        if out and not out[-1].endswith("\n"):
+            out[-1] += "\n\\ No newline at end of file\n"
+    return "".join(out)
+
+
+def write(changes: list[Change]) -> list[str]:
+    """Apply the changes (backup first, then atomic replace). Returns one line per action."""
+    done: list[str] = []
+    for c in changes:
+        if c.changes and c.backup and c.old is not None and not os.path.exists(c.backup):
+            _atomic_write(c.backup, c.old, c.path)
+            done.append(f"backup: {c.backup}")
+        if c.changes and c.new is None:
+            os.unlink(c.path)
+            done.append(f"removed: {c.path}")
+        elif c.changes and c.new is not None:
+            _atomic_write(c.path, c.new, c.path)
+            done.append(f"wrote: {c.path}")
+        if c.drop_backup and os.path.exists(c.drop_backup):
+            os.unlink(c.drop_backup)
+            done.append(f"removed backup: {c.drop_backup}")
+    return done
+
+
+def _atomic_write(path: str, data: bytes, mode_from: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    try:
+        st: os.stat_result | None = os.stat(mode_from)
+    except FileNotFoundError:
+        st = None
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), (st.st_mode & 0o7777) if st else 0o644)
+            if st is not None and os.geteuid() == 0:
+                os.fchown(f.fileno(), st.st_uid, st.st_gid)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ---- containerd -------------------------------------------------------------------------------
+
+def containerd_version(doc: tomlkit.TOMLDocument) -> int:
+    v = doc.get("version", 1)
+    if not isinstance(v, int) or v not in (1, 2, 3):
+        raise InstallError(f"containerd config version {v!r}: gpuhook knows versions 1, 2, 3")
+    return int(v)
+
+
+def cri_path(version: int) -> list[str]:
+    """Key path of the table that holds `containerd.runtimes` and `default_runtime_name`."""
+    return {1: ["plugins", "cri"], 2: ["plugins", "io.containerd.grpc.v1.cri"],
+            3: ["plugins", "io.containerd.cri.v1.runtime"]}[version] + ["containerd"]
+
+
+def _get(doc: Any, path: list[str]) -> Any:
+    node = doc
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _header(path: list[str]) -> str:
+    return ".".join(k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+                    for k in path)
+
+
+def _indented(text: str) -> bool:
+    return any(line.startswith((" ", "\t")) and line.lstrip().startswith("[")
+               for line in text.splitlines())
+
+
+def runtime_table(doc: Any, version: int, binary: str) -> dict[str, Any]:
+    """Our runtime: the default runc runtime's settings, runtime_type runc.v2, our BinaryName."""
+    runtimes = _get(doc, [*cri_path(version), "runtimes"]) or {}
+    runc = runtimes.get("runc") if isinstance(runtimes, dict) else None
+    base: dict[str, Any] = _plain(runc) if isinstance(runc, dict) else {}
+    table = {k: v for k, v in base.items() if k != "options"}
+    table["runtime_type"] = RUNC_V2
+    options = dict(base.get("options") or {})
+    options["BinaryName"] = binary
+    table["options"] = options
+    return table
+
+
+def render_runtime_block(path: list[str], table: dict[str, Any], indent: bool) -> str:
+    depth = len(path) - 1
+
+    def pad(n: int) -> str:
+        return "  " * n if indent else ""
+
+    lines = [f"{pad(depth)}[{_header(path)}]"]
+    subtables = []
+    for key, value in table.items():
+        if isinstance(value, dict):
+            subtables.append((key, value))
+            continue
+        lines.append(f"{pad(depth + 1)}{_key(key)} = {tomlkit.item(value).as_string()}")
+    for key, value in subtables:
+        lines.append("")
+        lines.append(render_runtime_block([*path, key], value, indent).rstrip("\n"))
+    return "\n".join(lines) + "\n"
+
+
+def _key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+
+
+def _set_scalar(table: Any, key: str, value: Any) -> None:
+    """Replace in place (keeps the line's comment), else add, indented like its siblings."""
+    if key in table:
+        table[key] = value
+        return
+    item = tomlkit.item(value)
+    for existing in table.value.body if hasattr(table, "value") else []:
+        k, v = existing
+        if k is not None and hasattr(v, "trivia"):
+            item.trivia.indent = v.trivia.indent
+            break
+    table.add(key, item)
+
+
+def containerd_edit(text: str, opts: Options, drop_in_path: str | None) -> tuple[str, str | None]:
+    """(new main config text, drop-in text or None)."""
+    if not text.strip():
+        text = "version = 2\n"  # a new config: the schema every containerd >= 1.5 reads
+    doc = tomlkit.parse(text)
+    version = containerd_version(doc)
+    base = cri_path(version)
+    rt_path = [*base, "runtimes", opts.name]
+    table = runtime_table(doc, version, opts.runtime_binary)
+    if drop_in_path is not None:
+        return _containerd_with_imports(doc, text, drop_in_path), _containerd_drop_in(
+            doc, version, table, opts)
+    existing = _get(doc, rt_path)
+    if existing is not None and _plain(existing) != table:
+        del _get(doc, rt_path[:-1])[opts.name]
+        existing = None
+    if opts.set_as_default:
+        parent = _get(doc, base)
+        if parent is not None and _is_table(parent):
+            _set_scalar(parent, "default_runtime_name", opts.name)
+    out = tomlkit.dumps(doc)
+    indent = _indented(text)
+    if opts.set_as_default and not _is_table(_get(doc, base)):
+        if _get(doc, base) is None:
+            block = (f"{'  ' * (len(base) - 1) if indent else ''}[{_header(base)}]\n"
+                     f"{'  ' * len(base) if indent else ''}default_runtime_name = "
+                     f"{json.dumps(opts.name)}\n")
+            out = _append(out, block)
+        else:
+            raise InstallError(f"{_header(base)} is not a table; edit it by hand")
+    if existing is None:
+        out = _append(out, render_runtime_block(rt_path, table, indent))
+    return out, None
+
+
+def _is_table(node: Any) -> bool:
+    # A table split by later [sub.tables] comes back as tomlkit's out-of-order proxy.
+    return isinstance(node, MutableMapping) and not isinstance(node, tomlkit.items.InlineTable)
+
+
+def _plain(node: Any) -> Any:
+    return node.unwrap() if hasattr(node, "unwrap") else node
+
+
+def _append(text: str, block: str) -> str:
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return f"{text}\n{block}" if text.strip() else block
+
+
+def _containerd_with_imports(doc: tomlkit.TOMLDocument, text: str, drop_in: str) -> str:
+    imports = doc.get("imports")
+    if imports is not None and not isinstance(imports, list):
+        raise InstallError("containerd config: imports must be a list")
+    if imports is not None and drop_in in imports:
+        return text
+    if imports is None:
+        doc2 = tomlkit.parse(text)
+        new = tomlkit.dumps(doc2)
+        # A top-level key must come before the first table: put it after `version` or first.
+        lines = new.splitlines(keepends=True)
+        at = next((i + 1 for i, line in enumerate(lines) if line.startswith("version")), 0)
+        lines.insert(at, f"imports = [{json.dumps(drop_in)}]\n")
+        return "".join(lines)
+    imports.append(drop_in)
+    return tomlkit.dumps(doc)
+
+
+def _containerd_drop_in(doc: tomlkit.TOMLDocument, version: int, table: dict[str, Any],
+                        opts: Options) -> str:
+    """containerd 1.x replaces a whole plugin's section with an imported file's (it does not
+    merge deeper), so the drop-in carries a copy of the main config's CRI plugin section with the
+    runtime added. Settings changed later in the main file's section are shadowed by this copy:
+    run `gpuhook install` again after editing them."""
+    plugin = cri_path(version)[:2]
+    section = _plain(_get(doc, plugin)) or {}
+    section = json.loads(json.dumps(section, default=str))  # a deep, plain copy
+    containerd = section.setdefault("containerd", {})
+    containerd.setdefault("runtimes", {})[opts.name] = table
+    if opts.set_as_default:
+        containerd["default_runtime_name"] = opts.name
+    out = tomlkit.document()
+    out.add(tomlkit.comment("Written by `gpuhook install --runtime containerd --drop-in`; "
+                            "`gpuhook uninstall` removes it."))
+    out["version"] = version
+    plugins = tomlkit.table(is_super_table=True)
+    plugins[plugin[1]] = section
+    out["plugins"] = plugins
+    return tomlkit.dumps(out)
+
+
+def containerd_strip(data: Any, name: str, drop_in: str | None, version: int,
+                     original_default: Any) -> Any:
+    """Parsed config with gpuhook's own keys taken out (to compare against the backup)."""
+    data = json.loads(json.dumps(data, default=str))
+    parent = _get(data, cri_path(version))
+    if isinstance(parent, dict):
+        runtimes = parent.get("runtimes")
+        if isinstance(runtimes, dict):
+            runtimes.pop(name, None)
+        if parent.get("default_runtime_name") == name:
+            if original_default is None:
+                parent.pop("default_runtime_name")
+            else:
+                parent["default_runtime_name"] = original_default
+    if drop_in and isinstance(data.get("imports"), list) and drop_in in data["imports"]:
+        data["imports"].remove(drop_in)
+    return data
+
+
+# ---- plans ------------------------------------------------------------------------------------
+
+def plan_install(opts: Options) -> tuple[list[Change], str]:
+    """(changes, the command that restarts the daemon or "")."""
+    r = opts.runtime
+    if r == "containerd":
+        return _containerd_install(opts), RESTART[r]
+    if r == "crio":
+        path = os.path.join(opts.drop_in_dir or DEFAULTS["crio_drop_in_dir"], DROP_IN_NAME[r])
+        return [_owned_file(path, crio_drop_in(opts).encode())], RESTART[r]
+    if r == "docker":
+        return [_docker_install(opts)], RESTART[r]
+    if r == "podman":
+        path = os.path.join(opts.hooks_dir or DEFAULTS["hooks_dir"], HOOK_FILE)
+        return [_owned_file(path, hooks_json(opts).encode())], RESTART[r]
+    raise InstallError(f"unknown runtime {r!r}")
+
+
+def plan_uninstall(opts: Options) -> tuple[list[Change], str]:
+    r = opts.runtime
+    if r == "containerd":
+        return _containerd_uninstall(opts), RESTART[r]
+    if r == "crio":
+        path = os.path.join(opts.drop_in_dir or DEFAULTS["crio_drop_in_dir"], DROP_IN_NAME[r])
+        return [_remove_owned(path)], RESTART[r]
+    if r == "docker":
+        return [_docker_uninstall(opts)], RESTART[r]
+    if r == "podman":
+        path = os.path.join(opts.hooks_dir or DEFAULTS["hooks_dir"], HOOK_FILE)
+        return [_remove_owned(path)], RESTART[r]
+    raise InstallError(f"unknown runtime {r!r}")
+
+
+def _owned_file(path: str, content: bytes) -> Change:
+    old = read_file(path)
+    return Change(path, old, content, backup=path + BACKUP_SUFFIX)
+
+
+def _remove_owned(path: str) -> Change:
+    old = read_file(path)
+    backup = read_file(path + BACKUP_SUFFIX)
+    if backup is not None:
+        return Change(path, old, backup, drop_backup=path + BACKUP_SUFFIX)
+    return Change(path, old, None)
+
+
+def _containerd_config(opts: Options) -> str:
+    return opts.config or DEFAULTS["containerd_config"]
+
+
+def _drop_in_path(opts: Options) -> str:
+    return os.path.join(opts.drop_in_dir or DEFAULTS["containerd_drop_in_dir"],
+                        DROP_IN_NAME["containerd"])
+
+
+def _containerd_install(opts: Options) -> list[Change]:
+    path = _containerd_config(opts)
+    old = read_file(path)
+    text = _text(old, path)
+    drop_in = _drop_in_path(opts) if opts.drop_in else None
+    try:
+        main, drop_text = containerd_edit(text, opts, drop_in)
+    except tomlkit.exceptions.TOMLKitError as e:
+        raise InstallError(f"{path}: {e}") from None
+    changes = [Change(path, old, main.encode(), backup=path + BACKUP_SUFFIX)]
+    if drop_in is not None and drop_text is not None:
+        changes.append(_owned_file(drop_in, drop_text.encode()))
+    return changes
+
+
+def _containerd_uninstall(opts: Options) -> list[Change]:
+    path = _containerd_config(opts)
+    old = read_file(path)
+    if old is None:
+        raise InstallError(f"{path}: no such file")
+    backup_path = path + BACKUP_SUFFIX
+    backup = read_file(backup_path)
+    drop_in = _drop_in_path(opts)
+    changes: list[Change] = []
+    if os.path.exists(drop_in):
+        changes.append(_remove_owned(drop_in))
+    text = _text(old, path)
+    try:
+        doc = tomlkit.parse(text)
+        bdoc = tomlkit.parse(_text(backup, backup_path)) if backup is not None else None
+    except tomlkit.exceptions.TOMLKitError as e:
+        raise InstallError(f"{path}: {e}") from None
+    version = containerd_version(doc)
+    orig_default = None
+    if bdoc is not None:
+        orig_default = (_plain(_get(bdoc, cri_path(version))) or {}).get("default_runtime_name")
+    if bdoc is not None:
+        ours = containerd_strip(doc.unwrap(), opts.name, drop_in, version, orig_default)
+        theirs = containerd_strip(bdoc.unwrap(), opts.name, drop_in, version, orig_default)
+        if ours == theirs:
+            return [*changes, Change(path, old, backup, drop_backup=backup_path)]
+    changes.append(Change(path, old, _containerd_remove(doc, opts, drop_in, version,
+                                                        orig_default, bdoc).encode()))
+    return changes
+
+
+def _containerd_remove(doc: tomlkit.TOMLDocument, opts: Options, drop_in: str, version: int,
+                       orig_default: Any, bdoc: tomlkit.TOMLDocument | None) -> str:
+    """Take out gpuhook's keys from a config edited since install (the backup no longer fits).
+    A runtime table is removed only when its BinaryName is gpuhook-runtime."""
+    parent = _get(doc, cri_path(version))
+    if parent is not None:
+        runtimes = parent.get("runtimes")
+        ours = runtimes.get(opts.name) if runtimes is not None else None
+        binary = _plain(ours or {}).get("options", {}).get("BinaryName", "")
+        if ours is not None and os.path.basename(str(binary)) == RUNTIME_EXE:
+            del runtimes[opts.name]
+            before = _get(bdoc, [*cri_path(version), "runtimes", opts.name]) if bdoc else None
+            if before is not None:
+                runtimes[opts.name] = before
+        if parent.get("default_runtime_name") == opts.name:
+            if orig_default is None:
+                del parent["default_runtime_name"]
+            else:
+                parent["default_runtime_name"] = orig_default
+    imports = doc.get("imports")
+    if isinstance(imports, list) and drop_in in imports:
+        imports.remove(drop_in)
+    return tomlkit.dumps(doc)
+
+
+# ---- CRI-O, Docker, hooks.d -------------------------------------------------------------------
+
+def crio_drop_in(opts: Options) -> str:
+    lines = ["# Written by `gpuhook install --runtime crio`; `gpuhook uninstall` removes it."]
+    if opts.set_as_default:
+        lines += ["[crio.runtime]", f"default_runtime = {json.dumps(opts.name)}", ""]
+    lines += [f"[crio.runtime.runtimes.{_key(opts.name)}]",
+              f"runtime_path = {json.dumps(opts.runtime_binary)}",
+              'runtime_type = "oci"']
+    return "\n".join(lines) + "\n"
+
+
+def hooks_json(opts: Options) -> str:
+    args = list(HOOK_ARGS)
+    if opts.hook_config:
+        args += ["--config", opts.hook_config]
+    hook = {"version": "1.0.0",
+            "hook": {"path": opts.hook_binary, "args": args, "env": list(HOOK_ENV)},
+            "when": {"always": True},
+            "stages": ["prestart"]}
+    return json.dumps(hook, indent=2) + "\n"
+
+
+def _load_json(path: str, data: bytes | None) -> dict[str, Any]:
+    if data is None or not data.strip():
+        return {}
+    try:
+        value = json.loads(data)
+    except ValueError as e:
+        raise InstallError(f"{path}: invalid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise InstallError(f"{path}: expected a JSON object")
+    return value
+
+
+def _docker_install(opts: Options) -> Change:
+    path = opts.config or DEFAULTS["docker_config"]
+    old = read_file(path)
+    data = _load_json(path, old)
+    want = dict(data)
+    runtimes = want.get("runtimes") or {}
+    if not isinstance(runtimes, dict):
+        raise InstallError(f"{path}: runtimes must be an object")
+    prev = runtimes.get(opts.name) or {}
+    if not isinstance(prev, dict):
+        raise InstallError(f"{path}: runtimes.{opts.name} must be an object")
+    entry = {**prev, "path": opts.runtime_binary}
+    runtimes = {**runtimes, opts.name: entry}
+    want["runtimes"] = runtimes
+    if opts.set_as_default:
+        want["default-runtime"] = opts.name
+    if want == data and old is not None:
+        return Change(path, old, old)
+    return Change(path, old, (json.dumps(want, indent=4) + "\n").encode(),
+                  backup=path + BACKUP_SUFFIX)
+
+
+def _docker_uninstall(opts: Options) -> Change:
+    path = opts.config or DEFAULTS["docker_config"]
+    old = read_file(path)
+    if old is None:
+        raise InstallError(f"{path}: no such file")
+    backup_path = path + BACKUP_SUFFIX
+    backup = read_file(backup_path)
+    data = _load_json(path, old)
+    before = _load_json(backup_path, backup) if backup is not None else None
+
+    def strip(d: dict[str, Any]) -> dict[str, Any]:
+        d = json.loads(json.dumps(d))
+        if isinstance(d.get("runtimes"), dict):
+            d["runtimes"].pop(opts.name, None)
+            if not d["runtimes"]:
+                d.pop("runtimes")
+        if d.get("default-runtime") == opts.name:
+            d.pop("default-runtime")
+        return d
+
+    if before is not None and strip(data) == strip(before):
+        return Change(path, old, backup, drop_backup=backup_path)
+    out = strip(data)
+    if before is not None:
+        for key in ("default-runtime",):
+            if key in before and key not in out:
+                out[key] = before[key]
+        prev = (before.get("runtimes") or {}).get(opts.name)
+        if prev is not None:
+            out.setdefault("runtimes", {})[opts.name] = prev
+    return Change(path, old, (json.dumps(out, indent=4) + "\n").encode())

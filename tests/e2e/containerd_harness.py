@@ -276,6 +276,31 @@ def mounts_under(root: Path) -> list[str]:
     return sorted(points, key=lambda p: p.count("/"), reverse=True)
 
 
+def cgroup_mounts() -> list[str]:
+    """Every cgroup (v1) and cgroup2 mount point in this mount namespace."""
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        pre, _, post = line.partition(" - ")
+        if post.split(" ", 1)[0] in ("cgroup", "cgroup2"):
+            points.append(pre.split()[4])
+    return points
+
+
+def remove_cgroups(name: str) -> None:
+    """rmdir `/<name>` and everything below it in every hierarchy (deepest first). A cgroup still
+    holding a process stays (rmdir fails with EBUSY): that is a leak to see, not to hide."""
+    if not name.strip("/") or ".." in Path(name).parts:
+        raise ValueError(f"bad cgroup name {name!r}")
+    for mnt in cgroup_mounts():
+        top = Path(mnt) / name.strip("/")
+        if not top.is_dir():
+            continue
+        dirs = [Path(d) for d, _, _ in os.walk(top)]
+        for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
 def unmount_under(root: Path) -> None:
     for point in mounts_under(root):
         subprocess.run(

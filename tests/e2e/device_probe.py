@@ -123,16 +123,18 @@ def parse(output: str) -> ProbeResult:
 
 @dataclass(frozen=True)
 class Expect:
-    """What a container must see: `nodes` exist and open with ENXIO, no other NVIDIA node exists;
-    exactly the `allowed` numbers open with ENXIO, every other probed number gives EPERM."""
+    """What a container must see: `nodes` exist and open with ENXIO, no other NVIDIA node exists
+    (unless `exact` is False); exactly the `allowed` numbers open with ENXIO, every other probed
+    number gives EPERM."""
 
     nodes: frozenset[str]
     allowed: frozenset[tuple[int, int]]
+    exact: bool = True
 
     def check(self, got: ProbeResult) -> list[str]:
         """Human-readable differences; empty when the container saw exactly what it should."""
         problems = []
-        present = got.present_nodes()
+        present = got.present_nodes() if self.exact else set(self.nodes)
         for extra in sorted(present - self.nodes):
             problems.append(f"{extra} exists but was not granted ({got.nodes.get(extra, 'seen')})")
         for path in sorted(self.nodes):
@@ -165,3 +167,11 @@ MIG_1_0 = Expect(
     allowed=frozenset({*CONTROL.values(), (195, 1), (511, 201), (511, 202)}),
 )  # fmt: skip
 NOTHING = Expect(nodes=frozenset(), allowed=frozenset())
+# A privileged container's NVIDIA_VISIBLE_DEVICES=all is honoured: every GPU's node (and every MIG
+# capability, not all of them probed here) exists, and its device cgroup allows everything.
+PRIVILEGED_ALL = Expect(
+    nodes=frozenset({*CONTROL, *(f"/dev/nvidia{i}" for i in range(8)),
+                     "/dev/nvidia-caps/nvidia-cap201", "/dev/nvidia-caps/nvidia-cap202"}),
+    allowed=frozenset(NUMBERS),
+    exact=False,
+)  # fmt: skip

@@ -27,15 +27,16 @@ import pytest
 
 from tests.conftest import HOSTS, INVENTORIES
 from tests.e2e import device_probe
-from tests.e2e.containerd_harness import MINIMAL_PATH, Containerd, shim_pids
+from tests.e2e.containerd_harness import MINIMAL_PATH, Containerd, remove_cgroups, shim_pids
 from tests.e2e.cri.client import CriClient, read_cri_log
-from tests.e2e.device_probe import GPU2, MIG_1_0, NOTHING, Expect
+from tests.e2e.device_probe import GPU2, MIG_1_0, NOTHING, PRIVILEGED_ALL, Expect
 from tests.e2e.oci_image import PAUSE_SCRIPT, ImageSpec, find_busybox, write_oci_archive
 
 pytestmark: list[pytest.MarkDecorator] = [pytest.mark.e2e]
 
 RUNTIME_NAME = "nvidia"
-NAMESPACE = f"gpuhook-e2e-{os.getpid()}"
+NAMESPACE = f"gpuhook-e2e-{os.getpid()}"  # also ctr's cgroup parent: /<namespace>/<id>
+POD_CGROUP = f"gpuhook-e2e-pod-{os.getpid()}"
 IMAGE = "docker.io/library/gpuhook-busybox:e2e"
 PAUSE_IMAGE = "docker.io/library/gpuhook-pause:e2e"
 DEVICE_DIR = "/var/run/nvidia-container-devices"
@@ -80,6 +81,7 @@ class Case:
     requested: tuple[str, ...]  # ids the device plugin mounts under DEVICE_DIR
     env: str | None  # NVIDIA_VISIBLE_DEVICES, None = unset
     expect: Expect
+    privileged: bool = False
 
 
 CASES = [
@@ -91,6 +93,8 @@ CASES = [
          ("1:0",), None, MIG_1_0),
     Case("a container that asks for no GPU gets no NVIDIA device",
          (), None, NOTHING),
+    Case("NVIDIA_VISIBLE_DEVICES=all is honoured for a privileged container",
+         (), "all", PRIVILEGED_ALL, privileged=True),
 ]  # fmt: skip
 
 
@@ -152,12 +156,23 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     config = _write_gpuhook_config(work / "gpuhook.toml", log)
     cd = Containerd(work / "cd", sandbox_image=PAUSE_IMAGE, env={"GPUHOOK_CONFIG": str(config)})
     cd.write_config()
+    try:
+        yield from _run_node(cd, archive, config, log, work)
+    finally:
+        for cg in (NAMESPACE, POD_CGROUP):
+            remove_cgroups(cg)
+
+
+def _run_node(
+    cd: Containerd, archive: Path, config: Path, log: Path, work: Path
+) -> Iterator[Node]:
     with cd.running():
         for ns in (NAMESPACE, "k8s.io"):
             names = cd.import_image(archive, ns)
             assert {IMAGE, PAUSE_IMAGE} <= set(names), names
         res = _register(cd.config)
-        if "No such option" in res.stderr or "not implemented" in res.stderr:  # TEMPORARY until gpuhook install lands
+        # TEMPORARY until gpuhook install lands
+        if "No such option" in res.stderr or "not implemented" in res.stderr:
             _register_by_hand(cd.config)
             res = subprocess.CompletedProcess(res.args, 0, "", "")
         assert res.returncode == 0, f"gpuhook install failed:\n{res.stdout}\n{res.stderr}"
@@ -173,9 +188,11 @@ def _mount_flags(requested: tuple[str, ...]) -> list[str]:
 
 
 def ctr_run(node: Node, cid: str, requested: tuple[str, ...], env: str | None,
-            script: str) -> subprocess.CompletedProcess[str]:
+            script: str, privileged: bool = False) -> subprocess.CompletedProcess[str]:
     args = ["run", "--rm", "--runtime", "io.containerd.runc.v2",
             "--runc-binary", str(GPUHOOK_RUNTIME), *_mount_flags(requested)]  # fmt: skip
+    if privileged:
+        args.append("--privileged")
     if env is not None:
         args += ["--env", f"NVIDIA_VISIBLE_DEVICES={env}"]
     args += [IMAGE, cid, "sh", "-c", script]
@@ -203,7 +220,8 @@ def test_install_registers_the_runtime_in_containerd_config(node: Node) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_ctr_run_through_gpuhook_runtime(node: Node, case: Case) -> None:
-    res = ctr_run(node, unique("ctr"), case.requested, case.env, device_probe.script())
+    res = ctr_run(node, unique("ctr"), case.requested, case.env, device_probe.script(),
+                  privileged=case.privileged)
     assert res.returncode == 0, f"ctr run failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
     problems = case.expect.check(device_probe.parse(res.stdout))
     assert not problems, "\n".join(problems) + "\n--- probe output:\n" + res.stdout
@@ -270,7 +288,9 @@ def pod(node: Node) -> Iterator[Pod]:
     log_dir = node.workdir / "pod-logs"
     log_dir.mkdir()
     name = unique("pod")
-    config = cri.sandbox_config(name=name, uid=name, log_dir=log_dir)
+    config = cri.sandbox_config(
+        name=name, uid=name, log_dir=log_dir, cgroup_parent=f"/{POD_CGROUP}", privileged=True
+    )
     pod_id = cri.run_pod_sandbox(config, runtime_handler=RUNTIME_NAME)
     try:
         yield Pod(cri=cri, pod_id=pod_id, sandbox_config=config, log_dir=log_dir)
@@ -289,7 +309,7 @@ def _cri_run(pod: Pod, name: str, case: Case, script: str) -> tuple[str, str]:
     cid = cri.create_container(
         pod.pod_id, pod.sandbox_config, name=name, image=IMAGE, command=["sh", "-c", script],
         env=env, mounts=[("/dev/null", f"{DEVICE_DIR}/{d}") for d in case.requested],
-        log_path=f"{name}.log",
+        log_path=f"{name}.log", privileged=case.privileged,
     )  # fmt: skip
     try:
         cri.start_container(cid)

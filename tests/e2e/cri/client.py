@@ -53,8 +53,11 @@ class CriClient:
         resp = self._stub.Version(self.pb.VersionRequest(version="v1"), timeout=self.timeout)
         return str(resp.runtime_name), str(resp.runtime_version)
 
-    def sandbox_config(self, name: str, uid: str, log_dir: Path) -> Any:
-        """A pod in the host network namespace: no CNI is needed (or installed)."""
+    def sandbox_config(
+        self, name: str, uid: str, log_dir: Path, cgroup_parent: str = "", privileged: bool = False
+    ) -> Any:
+        """A pod in the host network namespace: no CNI is needed (or installed). A privileged pod
+        may hold privileged and unprivileged containers alike."""
         pb = self.pb
         return pb.PodSandboxConfig(
             metadata=pb.PodSandboxMetadata(name=name, uid=uid, namespace="gpuhook-e2e"),
@@ -62,9 +65,10 @@ class CriClient:
             # not set one ("unable to set hostname without a private UTS namespace").
             log_directory=str(log_dir),
             linux=pb.LinuxPodSandboxConfig(
+                cgroup_parent=cgroup_parent,
                 security_context=pb.LinuxSandboxSecurityContext(
-                    namespace_options=pb.NamespaceOption(network=pb.NODE)
-                )
+                    namespace_options=pb.NamespaceOption(network=pb.NODE), privileged=privileged
+                ),
             ),
         )
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -217,22 +218,86 @@ def runtime_table(doc: Any, version: int, binary: str) -> dict[str, Any]:
     return table
 
 
-def render_runtime_block(path: list[str], table: dict[str, Any], indent: bool) -> str:
-    depth = len(path) - 1
+@dataclass(frozen=True)
+class BlockStyle:
+    """How the config writes the runc runtime's tables, so ours looks like a sibling."""
 
-    def pad(n: int) -> str:
-        return "  " * n if indent else ""
+    prefix: str  # the header text up to `.runtimes`, quoting as the file has it
+    header: str = ""
+    key: str = ""
+    sub_header: str = ""
+    sub_key: str = ""
 
-    lines = [f"{pad(depth)}[{_header(path)}]"]
+
+_HEADER = re.compile(r"^([ \t]*)\[([^\[\]]+)\][ \t]*(#.*)?$")
+
+
+def block_style(text: str, runtimes_path: list[str]) -> BlockStyle:
+    lines = text.splitlines()
+    found: dict[str, tuple[int, str]] = {}  # "runc" | "options" -> (line index, indent)
+    prefix = None
+    for i, line in enumerate(lines):
+        m = _HEADER.match(line)
+        if m is None:
+            continue
+        try:
+            keys = _header_keys(m.group(2))
+        except ValueError:
+            continue
+        if keys == [*runtimes_path, "runc"]:
+            found["runc"] = (i, m.group(1))
+            prefix = m.group(2).strip().rsplit(".", 1)[0].rstrip()
+        elif keys == [*runtimes_path, "runc", "options"]:
+            found["options"] = (i, m.group(1))
+    if prefix is None:
+        flat = not _indented(text)
+        depth = len(runtimes_path)
+        pad = ("" if flat else "  " * depth, "" if flat else "  " * (depth + 1))
+        sub = ("" if flat else "  " * (depth + 1), "" if flat else "  " * (depth + 2))
+        return BlockStyle(_header(runtimes_path), pad[0], pad[1], sub[0], sub[1])
+    header = found["runc"][1]
+    key = _key_indent(lines, found["runc"][0], header + "  ")
+    sub_header = found["options"][1] if "options" in found else header
+    sub_key = (_key_indent(lines, found["options"][0], sub_header + "  ")
+               if "options" in found else key)
+    return BlockStyle(prefix, header, key, sub_header, sub_key)
+
+
+def _header_keys(header: str) -> list[str]:
+    import tomllib
+
+    table = tomllib.loads(f"[{header}]\n")
+    keys: list[str] = []
+    while isinstance(table, dict) and len(table) == 1:
+        (k, table), = table.items()
+        keys.append(k)
+    return keys
+
+
+def _key_indent(lines: list[str], header_at: int, default: str) -> str:
+    for line in lines[header_at + 1:]:
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("["):
+            return default
+        return line[:len(line) - len(line.lstrip())]
+    return default
+
+
+def render_runtime_block(name: str, table: dict[str, Any], style: BlockStyle) -> str:
+    head = f"{style.prefix}.{_key(name)}"
+    lines = [f"{style.header}[{head}]"]
     subtables = []
     for key, value in table.items():
         if isinstance(value, dict):
             subtables.append((key, value))
             continue
-        lines.append(f"{pad(depth + 1)}{_key(key)} = {tomlkit.item(value).as_string()}")
+        lines.append(f"{style.key}{_key(key)} = {tomlkit.item(value).as_string()}")
     for key, value in subtables:
-        lines.append("")
-        lines.append(render_runtime_block([*path, key], value, indent).rstrip("\n"))
+        lines += ["", f"{style.sub_header}[{head}.{_key(key)}]"]
+        lines += [f"{style.sub_key}{_key(k)} = {tomlkit.item(v).as_string()}"
+                  for k, v in value.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -285,7 +350,8 @@ def containerd_edit(text: str, opts: Options, drop_in_path: str | None) -> tuple
         else:
             raise InstallError(f"{_header(base)} is not a table; edit it by hand")
     if existing is None:
-        out = _append(out, render_runtime_block(rt_path, table, indent))
+        style = block_style(text, rt_path[:-1])
+        out = _append(out, render_runtime_block(opts.name, table, style))
     return out, None
 
 

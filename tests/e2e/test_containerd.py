@@ -117,20 +117,6 @@ def _register(config: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def _register_by_hand(config: Path) -> None:  # TEMPORARY until gpuhook install lands
-    import tomlkit
-
-    doc = tomlkit.parse(config.read_text())
-    runtimes = doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
-    rt = tomlkit.table()
-    rt["runtime_type"] = "io.containerd.runc.v2"
-    opts = tomlkit.table()
-    opts["BinaryName"] = str(GPUHOOK_RUNTIME)
-    rt["options"] = opts
-    runtimes[RUNTIME_NAME] = rt
-    config.write_text(tomlkit.dumps(doc))
-
-
 @dataclass
 class Node:
     containerd: Containerd
@@ -171,10 +157,6 @@ def _run_node(
             names = cd.import_image(archive, ns)
             assert {IMAGE, PAUSE_IMAGE} <= set(names), names
         res = _register(cd.config)
-        # TEMPORARY until gpuhook install lands
-        if "No such option" in res.stderr or "not implemented" in res.stderr:
-            _register_by_hand(cd.config)
-            res = subprocess.CompletedProcess(res.args, 0, "", "")
         assert res.returncode == 0, f"gpuhook install failed:\n{res.stdout}\n{res.stderr}"
         cd.restart()
         yield Node(containerd=cd, gpuhook_config=config, gpuhook_log=log, workdir=work)

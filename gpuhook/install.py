@@ -553,7 +553,11 @@ def _containerd_remove(doc: tomlkit.TOMLDocument, opts: Options, drop_in: str, v
     imports = doc.get("imports")
     if isinstance(imports, list) and drop_in in imports:
         imports.remove(drop_in)
-    return tomlkit.dumps(doc)
+    out = tomlkit.dumps(doc)
+    # install put one blank line before its block at the end; take that back too.
+    if out.endswith("\n\n") and not (bdoc is not None and bdoc.as_string().endswith("\n\n")):
+        out = out.rstrip("\n") + "\n"
+    return out
 
 
 # ---- CRI-O, Docker, hooks.d -------------------------------------------------------------------
@@ -631,15 +635,14 @@ def _docker_uninstall(opts: Options) -> Change:
                 d.pop("runtimes")
         if d.get("default-runtime") == opts.name:
             d.pop("default-runtime")
+            if before is not None and "default-runtime" in before:
+                d["default-runtime"] = before["default-runtime"]
         return d
 
     if before is not None and strip(data) == strip(before):
         return Change(path, old, backup, drop_backup=backup_path)
     out = strip(data)
     if before is not None:
-        for key in ("default-runtime",):
-            if key in before and key not in out:
-                out[key] = before[key]
         prev = (before.get("runtimes") or {}).get(opts.name)
         if prev is not None:
             out.setdefault("runtimes", {})[opts.name] = prev

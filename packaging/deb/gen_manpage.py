@@ -20,7 +20,7 @@ from gpuhook.cli import cli
 FILES = [
     ("/etc/gpuhook/config.toml", "The configuration (TOML, flat keys; every key documented "
      "inside). A dpkg conffile: kept on remove, deleted on purge."),
-    ("/usr/share/containers/oci/hooks.d/oci-gpuhook.json", "OCI hooks.d entry: podman and "
+    ("/usr/share/containers/oci/hooks.d/gpuhook.json", "OCI hooks.d entry: podman and "
      "CRI-O run \"gpuhook hook prestart\" for every container (one without a GPU request "
      "exits at once)."),
     ("/var/log/gpuhook.log", "JSON-lines decision log (config key log-file). Deleted on purge."),

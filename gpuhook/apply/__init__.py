@@ -22,7 +22,11 @@ def apply_plan(plan: Plan, pid: int, rootfs: str, spec: dict[str, Any]) -> list[
     del spec  # the plan already holds everything; kept for the hook's stable call
     if plan.empty:
         return []
-    target = cgroup.find_device_cgroup(pid)
+    return apply_to(plan, pid, rootfs, cgroup.find_device_cgroup(pid))
+
+
+def apply_to(plan: Plan, pid: int, rootfs: str, target: cgroup.DeviceCgroup) -> list[str]:
+    """`apply_plan` with the device cgroup already found (tests pass a temporary one)."""
     report = _create_nodes(pid, rootfs, plan)
     done = [f"node {p}: created" for p in report.created if p not in report.replaced]
     done += [f"node {p}: replaced" for p in report.replaced]

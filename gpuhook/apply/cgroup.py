@@ -127,14 +127,14 @@ def locate_device_cgroup(mounts: Sequence[MountInfo], entries: Sequence[CgroupEn
 
 
 def _join(mount: MountInfo, cgroup_path: str) -> str:
+    if ".." in cgroup_path.split("/"):
+        raise ApplyError(f"the container's cgroup path {cgroup_path} escapes its hierarchy")
     root = mount.root.rstrip("/") or "/"
     if root != "/" and not (cgroup_path == root or cgroup_path.startswith(root + "/")):
         raise ApplyError(f"the container's cgroup {cgroup_path} is outside the hierarchy "
                          f"mounted at {mount.mount_point} (mount root {mount.root})")
     rel = cgroup_path[len(root):] if root != "/" else cgroup_path
     rel = posixpath.normpath("/" + rel.lstrip("/"))
-    if rel.startswith("/.."):
-        raise ApplyError(f"the container's cgroup path {cgroup_path} escapes its hierarchy")
     return mount.mount_point.rstrip("/") + (rel if rel != "/" else "")
 
 

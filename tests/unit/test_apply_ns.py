@@ -1,0 +1,120 @@
+"""The forked namespace helper, and `apply_to` (nodes, then v1 rules, rollback) against a
+temporary rootfs and a temporary stand-in for the cgroup directory. The "container" is a
+`sleep` child in this test's own mount namespace, so `setns` really runs."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gpuhook.apply import apply_to
+from gpuhook.apply.cgroup import DeviceCgroup
+from gpuhook.apply.ns import NamespaceWorkError, run_forked, run_in_mount_ns
+from gpuhook.errors import ApplyError
+from tests.unit import specs
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="setns and mknod need root")
+
+
+def test_forked_work_returns_its_json_result() -> None:
+    assert run_forked(lambda: {"pid": os.getpid()})["pid"] != os.getpid()
+
+
+def _raise_oserror() -> None:
+    raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/dev/x")
+
+
+def _raise_apply_error() -> None:
+    raise ApplyError("refusing /dev: it is a symlink")
+
+
+def _die() -> None:
+    os._exit(3)
+
+
+@pytest.mark.parametrize(("work", "message", "err"), [
+    (_raise_oserror, "/dev/x: No such file or directory", errno.ENOENT),
+    (_raise_apply_error, "refusing /dev: it is a symlink", None),
+    (_die, r"died without a reply \(wait status 768\)", None),
+], ids=["an OSError keeps its errno and file name", "an ApplyError keeps its message",
+        "a child that dies is reported"])
+def test_child_errors_come_back_as_namespace_work_errors(work: object, message: str,
+                                                         err: int | None) -> None:
+    assert callable(work)
+    with pytest.raises(NamespaceWorkError, match=message) as info:
+        run_forked(work)
+    assert info.value.errno == err
+
+
+@needs_root
+def test_work_runs_after_setns_into_the_target_mount_namespace() -> None:
+    with subprocess.Popen(["sleep", "30"]) as sleeper:
+        try:
+            ns = run_in_mount_ns(sleeper.pid, lambda: os.readlink("/proc/self/ns/mnt"))
+        finally:
+            sleeper.kill()
+    assert ns == os.readlink(f"/proc/{os.getpid()}/ns/mnt")
+
+
+def test_a_gone_process_is_reported_with_its_namespace_path() -> None:
+    with pytest.raises(NamespaceWorkError, match=r"cannot open /proc/999999999/ns/mnt"):
+        run_in_mount_ns(999999999, lambda: None)
+
+
+@pytest.fixture
+def container(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "dev").mkdir(parents=True)
+    with subprocess.Popen(["sleep", "60"]) as sleeper:
+        try:
+            yield sleeper.pid, rootfs
+        finally:
+            sleeper.kill()
+
+
+MIG_PLAN = specs.plan(specs.spec(ids=["1:0"]))
+
+
+@needs_root
+def test_apply_creates_nodes_then_allows_each_rule(container: tuple[int, Path],
+                                                   tmp_path: Path) -> None:
+    pid, rootfs = container
+    cg = tmp_path / "cgroup"
+    cg.mkdir()
+    (cg / "devices.allow").write_text("")
+    done = apply_to(MIG_PLAN, pid, str(rootfs), DeviceCgroup(1, str(cg)))
+    for node in MIG_PLAN.device_nodes:
+        assert (rootfs / node.path.lstrip("/")).is_char_device()
+    assert (cg / "devices.allow").read_text() == "".join(
+        f"c {r.major}:{r.minor} {r.access}" for r in MIG_PLAN.cgroup_rules)
+    assert f"node {MIG_PLAN.device_nodes[0].path}: created" in done
+    assert any(d.startswith(f"cgroup v1 {cg}: allow c 511:") for d in done)
+
+
+@needs_root
+def test_apply_removes_its_nodes_when_allowing_fails(container: tuple[int, Path],
+                                                     tmp_path: Path) -> None:
+    pid, rootfs = container
+    os.mknod(rootfs / "dev" / "nvidiactl", 0o20666, os.makedev(195, 255))  # already there
+    with pytest.raises(ApplyError, match=r"devices\.allow"):
+        apply_to(MIG_PLAN, pid, str(rootfs), DeviceCgroup(1, str(tmp_path / "no-cgroup")))
+    assert os.listdir(rootfs / "dev") == ["nvidiactl"]
+
+
+@needs_root
+def test_a_symlinked_dev_fails_before_any_rule_is_written(container: tuple[int, Path],
+                                                          tmp_path: Path) -> None:
+    pid, rootfs = container
+    (rootfs / "dev").rmdir()
+    (rootfs / "dev").symlink_to(tmp_path)
+    cg = tmp_path / "cgroup"
+    cg.mkdir()
+    (cg / "devices.allow").write_text("")
+    with pytest.raises(ApplyError, match=r"creating device nodes .*: refusing .* /dev .*symlink"):
+        apply_to(MIG_PLAN, pid, str(rootfs), DeviceCgroup(1, str(cg)))
+    assert (cg / "devices.allow").read_text() == ""

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
+
+from tests.conftest import HOSTS, INVENTORIES
 
 ENXIO = "ENXIO"
 EPERM = "EPERM"
@@ -175,3 +178,41 @@ PRIVILEGED_ALL = Expect(
     allowed=frozenset(NUMBERS),
     exact=False,
 )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Case:
+    """One container request and what the container must then see."""
+
+    id: str
+    requested: tuple[str, ...]  # ids the device plugin mounts under DEVICE_DIR
+    env: str | None  # NVIDIA_VISIBLE_DEVICES, None = unset
+    expect: Expect
+    privileged: bool = False
+
+
+DEVICE_DIR = "/var/run/nvidia-container-devices"
+
+# The same table drives every engine (ctr, CRI, podman).
+CASES = [
+    Case("the device plugin's mount for GPU 2 grants GPU 2 and the control nodes only",
+         ("2",), "all", GPU2),
+    Case("NVIDIA_VISIBLE_DEVICES=all alone grants nothing to an unprivileged container",
+         (), "all", NOTHING),
+    Case("a MIG mount grants the parent GPU node and that MIG device's capabilities only",
+         ("1:0",), None, MIG_1_0),
+    Case("a container that asks for no GPU gets no NVIDIA device",
+         (), None, NOTHING),
+    Case("NVIDIA_VISIBLE_DEVICES=all is honoured for a privileged container",
+         (), "all", PRIVILEGED_ALL, privileged=True),
+]  # fmt: skip
+
+
+def write_fake_node_config(path: Path, log: Path) -> Path:
+    """A gpuhook config pointing at the shipped fake 8x A100 node, logging to `log`."""
+    path.write_text(
+        f'inventory = "{INVENTORIES / "8xa100-mig.yaml"}"\n'
+        f'host-root = "{HOSTS / "8xa100-mig"}"\n'
+        f'log-file = "{log}"\n'
+    )
+    return path

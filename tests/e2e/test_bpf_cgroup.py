@@ -10,7 +10,9 @@ everything, so what these tests see is the v2 program alone.
 from __future__ import annotations
 
 import errno
+import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -432,3 +434,68 @@ def test_the_verifier_log_reaches_the_apply_error(insns: list[Insn], log_says: s
     assert "BPF_PROG_LOAD" in message and "verifier log:" in message
     assert log_says in message
     assert os.strerror(errno.EACCES) in message or os.strerror(errno.EINVAL) in message
+
+
+# --- runc's own program --------------------------------------------------------------------------
+
+
+def runc_v2(state: Path, *args: str) -> tuple[int, str]:
+    """`runc --root state ARGS` in cgroup v2 mode: in its own mount namespace with cgroup2 at
+    /sys/fs/cgroup (the same hierarchy the test sees at its cgroup2 root). Output goes to a file:
+    a detached container keeps its stdio open, so a pipe would never reach EOF."""
+    script = 'mount -t cgroup2 none /sys/fs/cgroup && exec runc --root "$0" "$@"'
+    log = state.parent / f"runc-{uuid.uuid4().hex[:8]}.log"
+    with log.open("w") as out:
+        rc = subprocess.run(
+            ["unshare", "-m", "sh", "-c", script, str(state), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            timeout=60,
+            check=False,
+        ).returncode
+    return rc, log.read_text()
+
+
+def test_the_program_runc_attached_is_extended(
+    cgroup2_root: str, nodes: Path, probe_in: type[Probe], tmp_path: Path
+) -> None:
+    for tool in ("runc", "unshare", "busybox"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    name = f"gpuhook-bpf-runc-{uuid.uuid4().hex[:12]}"
+    bundle, state = tmp_path / "bundle", tmp_path / "state"
+    (bundle / "rootfs" / "bin").mkdir(parents=True)
+    shutil.copy(shutil.which("busybox") or "", bundle / "rootfs" / "bin" / "busybox")
+    rc, out = runc_v2(state, "spec", "--bundle", str(bundle))
+    assert rc == 0, out
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"].update(args=["/bin/busybox", "sleep", "60"], terminal=False)
+    config["linux"]["cgroupsPath"] = f"/{name}"
+    config["linux"]["resources"]["devices"] = [
+        {"allow": False, "access": "rwm"},
+        {"allow": True, "type": "c", "major": 511, "minor": 7, "access": "r"},
+    ]
+    (bundle / "config.json").write_text(json.dumps(config))
+    started = runc_v2(state, "run", "-d", "--bundle", str(bundle), name)
+    try:
+        assert started[0] == 0, started[1]
+        cgroup = os.path.join(cgroup2_root, name)
+        _, (runc_id,) = Cg(cgroup).programs()
+        probe = probe_in(cgroup, nodes)
+        assert [probe.char(510, 1), probe.char(511, 7, "r")] == [EPERM, ENXIO]
+
+        note = bpf.add_device_rules(cgroup, [c(510, 1, "rw")])
+
+        _, (new_id,) = Cg(cgroup).programs()
+        assert f"id {runc_id} with id {new_id}" in note
+        assert probe.char(510, 1, "rw") == ENXIO
+        assert probe.char(510, 2) == EPERM
+        assert [probe.char(511, 7, "r"), probe.char(511, 7, "w")] == [ENXIO, EPERM]
+        assert probe.open("/dev/null", "rw") == OK
+        probe.close()
+    finally:
+        deleted = runc_v2(state, "delete", "-f", name)
+    assert deleted[0] == 0, deleted[1]
+    assert not os.path.exists(os.path.join(cgroup2_root, name))

@@ -441,9 +441,13 @@ def test_the_verifier_log_reaches_the_apply_error(insns: list[Insn], log_says: s
 
 def runc_v2(state: Path, *args: str) -> tuple[int, str]:
     """`runc --root state ARGS` in cgroup v2 mode: in its own mount namespace with cgroup2 at
-    /sys/fs/cgroup (the same hierarchy the test sees at its cgroup2 root). Output goes to a file:
+    /sys/fs/cgroup (mounted there unless it already is: the same hierarchy the test sees at its
+    cgroup2 root). Output goes to a file:
     a detached container keeps its stdio open, so a pipe would never reach EOF."""
-    script = 'mount -t cgroup2 none /sys/fs/cgroup && exec runc --root "$0" "$@"'
+    script = (
+        '[ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ] || mount -t cgroup2 none /sys/fs/cgroup'
+        ' && exec runc --root "$0" "$@"'
+    )
     log = state.parent / f"runc-{uuid.uuid4().hex[:8]}.log"
     with log.open("w") as out:
         rc = subprocess.run(

@@ -38,6 +38,8 @@ class SpecShapeError(InputError):
 def apply_plan(spec: JsonObj, plan: Plan) -> JsonObj:
     """Spec mode: the plan's device nodes, cgroup allow rules and env, written into a copy."""
     out = copy.deepcopy(spec)
+    if plan.empty and not plan.env and not plan.mounts:
+        return out
     linux = _table(out, "linux", "linux")
     devices = _list(linux, "devices", "linux.devices")
     for node in plan.device_nodes:

@@ -22,7 +22,7 @@ import resource
 import struct
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from gpuhook.errors import ApplyError
@@ -444,48 +444,62 @@ def add_device_rules(
     prefix = allow_prefix(rules)
     if not prefix:
         return f"cgroup v2 {cgroup_dir}: no device rules to add"
-    n_rules = len(set(rules))
-    with ExitStack() as stack:
+    fds: list[int] = []
+    try:
         with _step(cgroup_dir, "opening the cgroup directory"):
             cg_fd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        stack.callback(os.close, cg_fd)
-        with _step(cgroup_dir, "BPF_PROG_QUERY of the device programs"):
-            flags, ids = query_programs(cg_fd)
-        if not ids:
-            return (
-                f"cgroup v2 {cgroup_dir}: no device program attached, so every device is already "
-                f"allowed here; attached nothing for {n_rules} rule(s)" + _inherited_note(cg_fd, 0)
-            )
-        swaps = [_prepare(cgroup_dir, stack, pid, prefix) for pid in ids]
-        _swap_all(cgroup_dir, cg_fd, flags, swaps, use_replace)
-        with _step(cgroup_dir, "BPF_PROG_QUERY after the swap"):
-            _, now = query_programs(cg_fd)
-        expected = {s.new_id for s in swaps}
-        if set(now) != expected:
-            raise ApplyError(
-                f"cgroup v2 {cgroup_dir}: after replacing device programs "
-                f"{_ids(s.old_id for s in swaps)} the cgroup has programs {_ids(now)}, expected "
-                f"{_ids(expected)} (another process changed them concurrently?)"
-            )
-        old, new = _ids(s.old_id for s in swaps), _ids(s.new_id for s in swaps)
-        plural = "s" if len(swaps) > 1 else ""
-        each = " each" if len(swaps) > 1 else ""
+        fds.append(cg_fd)
+        return _extend_all(cgroup_dir, cg_fd, fds, prefix, len(set(rules)), use_replace)
+    finally:
+        for fd in reversed(fds):
+            os.close(fd)
+
+
+def _extend_all(
+    cgroup_dir: str, cg_fd: int, fds: list[int], prefix: list[Insn], n_rules: int, replace: bool
+) -> str:
+    try:
+        flags, ids = query_programs(cg_fd)
+    except OSError as e:
+        hint = " (is it a cgroup v2 directory?)" if e.errno == errno.EBADF else ""
+        raise ApplyError(
+            f"cgroup v2 {cgroup_dir}: BPF_PROG_QUERY of the device programs: {e.strerror}{hint}"
+        ) from None
+    if not ids:
         return (
-            f"cgroup v2 {cgroup_dir}: replaced device program{plural} id {old} with id {new} "
-            f"({_mode_name(flags)} mode, +{n_rules} allow rule{'s' if n_rules > 1 else ''}{each})"
-            + _inherited_note(cg_fd, len(ids))
+            f"cgroup v2 {cgroup_dir}: no device program attached, so every device is already "
+            f"allowed here; attached nothing for {n_rules} rule(s)" + _inherited_note(cg_fd, 0)
         )
-    raise AssertionError("unreachable")  # pragma: no cover  (ExitStack may swallow in theory)
+    swaps = [_prepare(cgroup_dir, fds, old_id, prefix) for old_id in ids]
+    _swap_all(cgroup_dir, cg_fd, flags, swaps, replace)
+    with _step(cgroup_dir, "BPF_PROG_QUERY after the swap"):
+        _, now = query_programs(cg_fd)
+    expected = {s.new_id for s in swaps}
+    if set(now) != expected:
+        raise ApplyError(
+            f"cgroup v2 {cgroup_dir}: after replacing device programs "
+            f"{_ids(s.old_id for s in swaps)} the cgroup has programs {_ids(now)}, expected "
+            f"{_ids(expected)} (another process changed them concurrently?)"
+        )
+    old, new = _ids(s.old_id for s in swaps), _ids(s.new_id for s in swaps)
+    plural = "s" if len(swaps) > 1 else ""
+    each = " each" if len(swaps) > 1 else ""
+    return (
+        f"cgroup v2 {cgroup_dir}: replaced device program{plural} id {old} with id {new} "
+        f"({_mode_name(flags)} mode, +{n_rules} allow rule{'s' if n_rules > 1 else ''}{each})"
+        + _inherited_note(cg_fd, len(ids))
+    )
 
 
 def _ids(ids: Iterator[int] | Sequence[int] | set[int]) -> str:
     return ", ".join(str(i) for i in sorted(ids))
 
 
-def _prepare(cgroup_dir: str, stack: ExitStack, old_id: int, prefix: list[Insn]) -> _Swap:
+def _prepare(cgroup_dir: str, fds: list[int], old_id: int, prefix: list[Insn]) -> _Swap:
+    """Load the extended copy of program `old_id` (not attached yet); its fds go to `fds`."""
     with _step(cgroup_dir, f"opening device program id {old_id}"):
         old_fd = prog_fd_by_id(old_id)
-    stack.callback(os.close, old_fd)
+    fds.append(old_fd)
     with _step(cgroup_dir, f"reading device program id {old_id}"):
         prog_type, code = prog_xlated(old_fd)
     if prog_type != BPF_PROG_TYPE_CGROUP_DEVICE:
@@ -506,7 +520,7 @@ def _prepare(cgroup_dir: str, stack: ExitStack, old_id: int, prefix: list[Insn])
         raise ApplyError(
             f"cgroup v2 {cgroup_dir}: extending device program id {old_id}: {e}"
         ) from None
-    stack.callback(os.close, new_fd)
+    fds.append(new_fd)
     swap = _Swap(old_id, old_fd, new_fd)
     with _step(cgroup_dir, "reading the new program's id"):
         swap.new_id = prog_id(new_fd)

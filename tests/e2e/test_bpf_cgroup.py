@@ -503,3 +503,35 @@ def test_the_program_runc_attached_is_extended(
         deleted = runc_v2(state, "delete", "-f", name)
     assert deleted[0] == 0, deleted[1]
     assert not os.path.exists(os.path.join(cgroup2_root, name))
+
+
+def test_a_directory_that_is_not_a_cgroup2_cgroup_is_an_apply_error(tmp_path: Path) -> None:
+    with pytest.raises(ApplyError, match=r"BPF_PROG_QUERY .*is it a cgroup v2 directory\?"):
+        bpf.add_device_rules(str(tmp_path), [c(510, 1)])
+
+
+def test_a_failed_swap_puts_back_the_programs_already_swapped(
+    cgroup: str, nodes: Path, probe_in: type[Probe]
+) -> None:
+    """The second swap of two fails for real (its "old" program is not attached, so the kernel
+    answers ENOENT to BPF_F_REPLACE); the first, already swapped, must be put back. Driven through
+    the internal steps because nothing outside can make the kernel fail between two swaps."""
+    cg = Cg(cgroup)
+    first = cg.attach(runc_like(c(510, 1)))
+    second = cg.attach(runc_like(c(510, 1)))
+    fds: list[int] = []
+    cg_fd = cg.fd()
+    try:
+        prefix = bpf.allow_prefix([c(510, 2)])
+        real = bpf._prepare(cgroup, fds, first, prefix)
+        unattached, other = (bpf.load_device_program(bpf.encode(runc_like())) for _ in "12")
+        fds += [unattached, other]
+        bogus = bpf._Swap(old_id=0, old_fd=unattached, new_fd=other, new_id=bpf.prog_id(other))
+        with pytest.raises(ApplyError, match=rf"No such file or directory; put back {first}$"):
+            bpf._swap_all(cgroup, cg_fd, MULTI, [real, bogus], True)
+    finally:
+        for fd in (cg_fd, *fds):
+            os.close(fd)
+    assert cg.programs() == (MULTI, [first, second])
+    probe = probe_in(cgroup, nodes)
+    assert [probe.char(510, 1), probe.char(510, 2)] == [ENXIO, EPERM]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import resource
 import struct
 import sys
@@ -238,9 +237,9 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
-    nr = _SYS_BPF.get(platform.machine())
+    nr = _SYS_BPF.get(os.uname().machine)
     if nr is None:
-        raise OSError(errno.ENOSYS, f"bpf(2) syscall number unknown on {platform.machine()}")
+        raise OSError(errno.ENOSYS, f"bpf(2) syscall number unknown on {os.uname().machine}")
     ret = int(_libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), attr, ctypes.c_uint(ATTR_SIZE)))
     if ret < 0:
         err = ctypes.get_errno()

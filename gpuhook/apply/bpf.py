@@ -232,7 +232,7 @@ PROG_NAME = b"gpuhook_dev"
 LOG_SIZE = 1 << 20
 LOG_TAIL_CHARS = 4000
 
-_SYS_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351}
+_SYS_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361}  # little-endian hosts only
 _libc = ctypes.CDLL(None, use_errno=True)
 
 

@@ -24,7 +24,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -119,7 +119,6 @@ class Deb:
     build_seconds: float
     before: set[str]
     packages_before: set[str]
-    pulled_in: set[str] = field(default_factory=set)  # packages apt-get -f added for deps
     log_before: bytes | None = None
 
 
@@ -152,7 +151,6 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deb]:
             fix = sysrun(["apt-get", "install", "-f", "-y", "--no-install-recommends"],
                          timeout=600)
             assert fix.returncode == 0, f"dpkg -i:\n{proc.stderr}\napt-get -f:\n{fix.stderr}"
-            info.pulled_in = packages() - info.packages_before - {PKG}
         assert installed_status() == "install ok installed"
         yield info
     finally:
@@ -192,6 +190,26 @@ def test_version_from_system_python(deb: Deb) -> None:
     assert proc.stdout.strip() == f"gpuhook, version {deb.version.split('-')[0]}"
     where = sysrun(["python3", "-I", "-c", "import gpuhook; print(gpuhook.__file__)"])
     assert where.stdout.strip() == str(DIST / "gpuhook" / "__init__.py"), where.stderr
+
+
+@pytest.mark.parametrize(("words", "expected"), [
+    (["gpuhook", "dr"], "dry-run"),
+    (["gpuhook", "dry-run", "--js"], "--json"),
+    (["gpuhook", "inventory", "ref"], "refresh"),
+], ids=["a command name", "an option of dry-run", "a subcommand of inventory"])
+def test_bash_completion_completes(deb: Deb, words: list[str], expected: str) -> None:
+    script = ('source /usr/share/bash-completion/completions/gpuhook\n'
+              'COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1))\n'
+              '_gpuhook_completion gpuhook; printf "%s\\n" "${COMPREPLY[@]}"\n')
+    proc = sysrun(["bash", "-c", script, "complete", *words])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [expected]
+
+
+def test_installed_runtime_shim_passes_through_to_runc(deb: Deb) -> None:
+    proc = sysrun(["/usr/bin/gpuhook-runtime", "--version"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("runc version")
 
 
 def test_vendored_nvml_bindings_load_and_report_the_missing_driver(deb: Deb) -> None:
@@ -348,9 +366,12 @@ def test_remove_warns_about_a_registered_runtime_then_purge_leaves_no_trace(deb:
     assert not POLICY_LOG.exists()
     if deb.log_before is not None:
         POLICY_LOG.write_bytes(deb.log_before)
-    pulled = set()
-    for p in deb.pulled_in:
-        pulled.update(sysrun(["dpkg", "-L", p]).stdout.split("\n"))
-    after = snapshot() - pulled
-    assert sorted(after - deb.before) == [], "left behind after purge"
-    assert sorted(deb.before - after) == [], "removed by install + purge"
+    # Packages other than gpuhook installed or removed meanwhile (dependencies from apt-get -f,
+    # or another suite's apt-get on a shared machine) are not gpuhook's doing: leave them out.
+    others = packages() ^ deb.packages_before
+    theirs = {f for p in others for f in sysrun(["dpkg", "-L", p]).stdout.split("\n")}
+    info = tuple(f"/var/lib/dpkg/info/{p}" for p in others)
+    after = {f for f in snapshot() - theirs if not f.startswith(info)}
+    before = {f for f in deb.before - theirs if not f.startswith(info)}
+    assert sorted(after - before) == [], "left behind after purge"
+    assert sorted(before - after) == [], "removed by install + purge"

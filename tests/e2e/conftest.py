@@ -22,4 +22,7 @@ def runc_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(params=["v1", "v2"], ids=["cgroup-v1", "cgroup-v2"])
 def cgroup_mode(request: pytest.FixtureRequest) -> Iterator[str]:
     """Both cgroup modes runc supports here: v1 (hybrid host) and v2 (own mount ns)."""
+    reason = rh.mode_skip_reason(str(request.param))
+    if reason is not None:
+        pytest.skip(reason)
     yield str(request.param)

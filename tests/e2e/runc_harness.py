@@ -46,6 +46,22 @@ MINIMAL_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:
                "LC_ALL": "C"}
 
 
+def mode_skip_reason(mode: str) -> str | None:
+    """Why runc can't run in cgroup `mode` here (None when it can). v1 needs the host's
+    /sys/fs/cgroup to be a v1 (or hybrid) layout; v2 works on both (own mount ns)."""
+    if mode == "v1" and _is_cgroup2("/sys/fs/cgroup"):
+        return ("the host is pure cgroup v2: runc's v1 mode needs the v1 devices controller "
+                "at /sys/fs/cgroup/devices (a hybrid or v1 host)")
+    return None
+
+
+def _is_cgroup2(path: str) -> bool:
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        fstypes = [line.split(" - ", 1)[1].split()[0] for line in f
+                   if line.split()[4] == path and " - " in line]
+    return bool(fstypes) and fstypes[-1] == "cgroup2"
+
+
 def skip_reason() -> str | None:
     """Why real containers can't run here (None when they can)."""
     if os.geteuid() != 0:
@@ -331,11 +347,15 @@ class RunResult:
         return self.returncode == 0
 
 
-# Runs inside the chosen mount namespace: run, record what's left, then clean up regardless.
+# Runs in a private mount namespace (`unshare -m`) set up for the cgroup mode: run, record
+# what's left, then clean up regardless. v1 mode on a hybrid host mounts nothing.
 _RUN_SCRIPT = r"""
 R="$1"; B="$2"; ID="$3"; CG="$4"; OUT="$5"; MODE="$6"
+mount --make-rprivate / || exit 96
 if [ "$MODE" = v2 ]; then
-  mount --make-rprivate / && mount -t cgroup2 none /sys/fs/cgroup || exit 97
+  if [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ]; then
+    mount -t cgroup2 none /sys/fs/cgroup || exit 97
+  fi
   CGDIR="/sys/fs/cgroup$CG"
 else
   CGDIR="/sys/fs/cgroup/devices$CG"
@@ -361,10 +381,8 @@ def run_container(bundle: Bundle, mode: str = "v1", *, container_id: str | None 
     out = bundle.path / f".run-{cid}"
     out.mkdir()
     root = runc_root or bundle.path / f".runc-{mode}"
-    argv = ["bash", "-c", _RUN_SCRIPT, "run", str(root), str(bundle.path), cid,
-            bundle.cgroups_path, str(out), mode]
-    if mode == "v2":
-        argv = ["unshare", "-m", "--propagation", "private", *argv]
+    argv = ["unshare", "-m", "--propagation", "private", "bash", "-c", _RUN_SCRIPT, "run",
+            str(root), str(bundle.path), cid, bundle.cgroups_path, str(out), mode]
     try:
         proc = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout,
                               env=MINIMAL_ENV, stdin=subprocess.DEVNULL)
@@ -373,7 +391,7 @@ def run_container(bundle: Bundle, mode: str = "v1", *, container_id: str | None 
         rc = 124
         stdout = _text(e.stdout)
         stderr = _text(e.stderr) + f"\n(timed out after {timeout}s)"
-        _force_cleanup(root, cid, bundle.cgroups_path, mode)
+        _force_cleanup(root, cid, bundle.cgroups_path, out, mode)
     left = (out / "left").read_text().split() if (out / "left").exists() else [cid]
     cgroup_left = (out / "cgroup").read_text().strip() == "1" if (out / "cgroup").exists() \
         else True
@@ -388,15 +406,11 @@ def _text(b: bytes | str | None) -> str:
     return b if isinstance(b, str) else b.decode(errors="replace")
 
 
-def _force_cleanup(root: Path, cid: str, cgroups_path: str, mode: str) -> None:
-    script = ('R="$1"; ID="$2"; CG="$3"; MODE="$4"\n'
-              '[ "$MODE" = v2 ] && mount -t cgroup2 none /sys/fs/cgroup\n'
-              'runc --root "$R" delete -f "$ID" >/dev/null 2>&1\n'
-              'for c in /sys/fs/cgroup/*"$CG" /sys/fs/cgroup"$CG"; do '
-              '[ -d "$c" ] && rmdir "$c" 2>/dev/null; done; true\n')
-    argv = ["bash", "-c", script, "cleanup", str(root), cid, cgroups_path, mode]
-    if mode == "v2":
-        argv = ["unshare", "-m", "--propagation", "private", *argv]
+def _force_cleanup(root: Path, cid: str, cgroups_path: str, out: Path, mode: str) -> None:
+    # The same mount setup as _RUN_SCRIPT, with `runc delete -f` as the only work.
+    script = _RUN_SCRIPT.replace('runc --root "$R" run -b "$B" "$ID" </dev/null', "false")
+    argv = ["unshare", "-m", "--propagation", "private", "bash", "-c", script, "cleanup",
+            str(root), "-", cid, cgroups_path, str(out), mode]
     subprocess.run(argv, capture_output=True, env=MINIMAL_ENV, timeout=60, check=False)
 
 

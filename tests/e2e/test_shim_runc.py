@@ -149,3 +149,47 @@ def test_hook_mode_goes_through_gpuhook_hook_prestart(runc_rootfs: Path, cgroup_
                                                                    "prestart"]]
     events = [json.loads(x)["event"] for x in log.read_text().splitlines()]
     assert events == ["create", "prestart"]
+
+
+_UPDATE = r"""
+SHIM="$1"; R="$2"; B="$3"; ID="$4"; CG="$5"; MODE="$6"; PROBE="$7"
+if [ "$MODE" = v2 ]; then
+  mount --make-rprivate / && mount -t cgroup2 none /sys/fs/cgroup || exit 97
+fi
+trap 'runc --root "$R" delete -f "$ID" >/dev/null 2>&1
+  for c in /sys/fs/cgroup/*"$CG" /sys/fs/cgroup"$CG"; do [ -d "$c" ] && rmdir "$c" 2>/dev/null
+  done' EXIT
+"$SHIM" --root "$R" run -d -b "$B" "$ID" </dev/null >/dev/null 2>"$B/run-err" || {
+  cat "$B/run-err" >&2; exit 3; }
+echo '{}' | runc --root "$R" update -r - "$ID" || exit 4
+cp "$R/$ID/state.json" "$B/state.json"
+runc --root "$R" exec "$ID" sh -c "$PROBE" probe /dev/nvidia3 /dev/nvidia4 --ls
+"""
+
+
+def test_spec_mode_rules_are_runcs_own_and_survive_runc_update(
+        runc_rootfs: Path, cgroup_mode: str, tmp_path: Path) -> None:
+    # The rules live in runc's container config (state.json): `runc update` re-applies them
+    # rather than dropping access that something else added behind runc's back.
+    log = tmp_path / "gpuhook.log"
+    cfg = rh.write_config(tmp_path / "gpuhook.toml", log_file=log, extra={"runtimes": ["runc"]})
+    bundle = rh.make_bundle(tmp_path / "bundle", runc_rootfs, rh.BundleOptions(
+        request_ids=("3",), args=["sleep", "60"]))
+    cid = f"gpuhook-shim-{uuid.uuid4().hex[:12]}"
+    probe = rh.probe_args([])[2]
+    argv = ["bash", "-c", _UPDATE, "update", str(SHIM), str(tmp_path / "runc-root"),
+            str(bundle.path), cid, bundle.cgroups_path, cgroup_mode, probe]
+    if cgroup_mode == "v2":
+        argv = ["unshare", "-m", "--propagation", "private", *argv]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False,
+                          env={**rh.MINIMAL_ENV, "GPUHOOK_CONFIG": str(cfg)},
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    probes, _ = rh.parse_probe(proc.stdout)
+    usable(probes, "/dev/nvidia3", FRONTEND, 3)
+    assert (probes["/dev/nvidia3"].read, probes["/dev/nvidia3"].write) == ("ENXIO", "ENXIO")
+    assert not probes["/dev/nvidia4"].exists
+    state = json.loads((bundle.path / "state.json").read_text())
+    rules = state["config"]["cgroups"]["devices"]  # runc 1.1 inlines Resources
+    assert {"type": ord("c"), "major": FRONTEND, "minor": 3, "permissions": "rwm",
+            "allow": True} in rules

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,8 +121,30 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
         yield pm
     finally:
         pm.podman("rm", "--all", "--force", "--time", "0")
+        # conmon runs `podman container cleanup` after each container exits, in the background;
+        # it mounts podman's storage dir again, so unmount only once those are gone.
+        _wait_for_processes_using(work)
         unmount_under(work)
         remove_cgroups(CGROUP_PARENT)
+
+
+def _wait_for_processes_using(path: Path, timeout: float = 15.0) -> None:
+    needle = str(path).encode()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = False
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                if needle in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    busy = True
+                    break
+            except OSError:
+                continue
+        if not busy:
+            return
+        time.sleep(0.05)
 
 
 def _name() -> str:

@@ -120,9 +120,13 @@ def parse_args(args: list[str]) -> Invocation:
 # ---- finding the real runtime ----------------------------------------------------------------
 
 def self_paths(argv0: str, path_env: str) -> set[str]:
-    """Real paths this very program may have: argv[0] (what the kernel ran), and the file argv[0]
-    names on PATH when it has no slash."""
+    """Real paths this very program may have: argv[0] (what the kernel ran), the file argv[0]
+    names on PATH when it has no slash, and the gpuhook-runtime installed next to this
+    interpreter (the console script)."""
     found = {os.path.realpath(argv0)} if os.sep in argv0 else set()
+    installed = os.path.join(os.path.dirname(sys.executable), PROG)
+    if os.path.isfile(installed):
+        found.add(os.path.realpath(installed))
     if os.sep not in argv0:
         for d in path_env.split(os.pathsep):
             cand = os.path.join(d or ".", argv0)

@@ -327,3 +327,23 @@ def test_bad_bundles_fail_create(world: World, content: str | None, exit_code: i
     assert result.returncode == exit_code, result.stderr
     assert message in result.stderr
     assert world.argv() is None
+
+
+# ---- cost -------------------------------------------------------------------------------------
+
+def imported_modules(stderr: str) -> set[str]:
+    """Module names from `python -X importtime` lines ("import time: self | cumulative | name")."""
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines()
+            if line.startswith("import time:") and line.count("|") == 2}
+
+
+@pytest.mark.parametrize("args", [["state", "c1"], ["create", "-b", "{b}", "c1"]],
+                         ids=["a passthrough command", "create of a container with no request"])
+def test_the_common_paths_import_no_click_yaml_or_nvml(world: World, args: list[str]) -> None:
+    b = world.bundle(specs.spec())
+    result = world.shim(*[a.format(b=b) for a in args],
+                        env=world.env(PYTHONPROFILEIMPORTTIME="1"))
+    assert result.returncode == 7
+    modules = imported_modules(result.stderr)
+    assert "gpuhook.shim" in modules
+    assert not modules & {"click", "yaml", "pynvml", "tomlkit", "gpuhook.pipeline"}

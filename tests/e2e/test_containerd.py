@@ -263,9 +263,20 @@ def _cri_run(pod: Pod, name: str, case: Case, script: str) -> tuple[str, str]:
         st = cri.wait_exited(cid)
         assert st.state == 2, f"container did not exit: {st}"
         assert st.exit_code == 0, f"probe exited {st.exit_code}: {st}"
-        return cid, read_cri_log(pod.log_dir / f"{name}.log")
+        return cid, _read_log_until(pod.log_dir / f"{name}.log", device_probe.END_MARK)
     finally:
         cri.remove_container(cid)
+
+
+def _read_log_until(path: Path, mark: str, timeout: float = 5.0) -> str:
+    """The CRI log's text once it holds `mark` (containerd may report the exit before its log
+    writer has drained the container's stdout), or whatever it holds at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = read_cri_log(path) if path.exists() else ""
+        if mark in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -208,11 +208,12 @@ CASES = [
 ]  # fmt: skip
 
 
-def write_fake_node_config(path: Path, log: Path) -> Path:
-    """A gpuhook config pointing at the shipped fake 8x A100 node, logging to `log`."""
+def write_fake_node_config(path: Path, log: Path, mode: str | None = None) -> Path:
+    """A gpuhook config pointing at the shipped fake 8x A100 node, logging to `log`; `mode` is
+    the shim's (`spec` or `hook`), default when None."""
     path.write_text(
         f'inventory = "{INVENTORIES / "8xa100-mig.yaml"}"\n'
         f'host-root = "{HOSTS / "8xa100-mig"}"\n'
-        f'log-file = "{log}"\n'
+        f'log-file = "{log}"\n' + (f'mode = "{mode}"\n' if mode else "")
     )
     return path

@@ -5,6 +5,11 @@ containerd's config, then containers start through it both ways a node starts th
 - the CRI gRPC API (runtime.v1) with the runtime handler `gpuhook install` registered, the way
   the kubelet runs a pod: pod sandbox (host network) + container with the device plugin's mount.
 
+Both modes of the shim are proven, each with its own containerd (the mode is in the gpuhook
+config, which reaches the shim through containerd's environment): `spec` (runc itself creates the
+nodes and cgroup rules from the edited config.json) and `hook` (the shim adds gpuhook's prestart
+hook, which does it).
+
 Each container runs the busybox device probe (tests/e2e/device_probe.py) and must see exactly
 what it asked for: the requested GPU's nodes open with ENXIO (the device cgroup allows them and
 there is no driver), no other NVIDIA node exists, and every other NVIDIA device number is denied
@@ -14,6 +19,7 @@ there is no driver), no other NVIDIA node exists, and every other NVIDIA device 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -83,17 +89,21 @@ def _register(config: Path) -> subprocess.CompletedProcess[str]:
 
 @dataclass
 class Node:
+    mode: str  # the shim's: "spec" or "hook"
     containerd: Containerd
     gpuhook_config: Path
     gpuhook_log: Path
     workdir: Path
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+@pytest.fixture(scope="module", params=["spec", "hook"], ids=["shim-spec-mode", "shim-hook-mode"])
+def node(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Node]:
     """A private containerd with the busybox and pause images imported and gpuhook installed
     (then restarted, as `gpuhook install` tells the operator to)."""
-    work = tmp_path_factory.mktemp("containerd")
+    mode = str(request.param)
+    work = tmp_path_factory.mktemp(f"containerd-{mode}")
     busybox = find_busybox()
     assert busybox is not None
     archive = write_oci_archive(
@@ -103,18 +113,18 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         busybox,
     )  # fmt: skip
     log = work / "gpuhook.log"
-    config = device_probe.write_fake_node_config(work / "gpuhook.toml", log)
+    config = device_probe.write_fake_node_config(work / "gpuhook.toml", log, mode=mode)
     cd = Containerd(work / "cd", sandbox_image=PAUSE_IMAGE, env={"GPUHOOK_CONFIG": str(config)})
     cd.write_config()
     try:
-        yield from _run_node(cd, archive, config, log, work)
+        yield from _run_node(mode, cd, archive, config, log, work)
     finally:
         for cg in (NAMESPACE, POD_CGROUP):
             remove_cgroups(cg)
 
 
 def _run_node(
-    cd: Containerd, archive: Path, config: Path, log: Path, work: Path
+    mode: str, cd: Containerd, archive: Path, config: Path, log: Path, work: Path
 ) -> Iterator[Node]:
     with cd.running():
         for ns in (NAMESPACE, "k8s.io"):
@@ -123,7 +133,7 @@ def _run_node(
         res = _register(cd.config)
         assert res.returncode == 0, f"gpuhook install failed:\n{res.stdout}\n{res.stderr}"
         cd.restart()
-        yield Node(containerd=cd, gpuhook_config=config, gpuhook_log=log, workdir=work)
+        yield Node(mode=mode, containerd=cd, gpuhook_config=config, gpuhook_log=log, workdir=work)
 
 
 def _mount_flags(requested: tuple[str, ...]) -> list[str]:
@@ -204,7 +214,11 @@ def test_the_shim_and_runtime_see_gpuhook_config(node: Node) -> None:
         _wait_task_gone(cd, cid)
         cd.ctr("container", "rm", cid, namespace=NAMESPACE, check=False)
     assert node.gpuhook_log.exists(), "gpuhook-runtime wrote no decision log: config not seen"
-    assert cid in node.gpuhook_log.read_text()
+    records = [json.loads(line) for line in node.gpuhook_log.read_text().splitlines()]
+    events = sorted(str(r.get("event")) for r in records if r.get("id") == cid)
+    # spec mode: the shim alone decides at `create`; hook mode: the shim adds the hook, which
+    # decides again at prestart with the container's pid (and --config from the shim).
+    assert events == (["create"] if node.mode == "spec" else ["create", "prestart"]), records
 
 
 def _wait_task_gone(cd: Containerd, cid: str, timeout: float = 10) -> None:

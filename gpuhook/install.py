@@ -496,7 +496,8 @@ def _containerd_install(opts: Options) -> list[Change]:
         raise InstallError(f"{path}: {e}") from None
     changes = [Change(path, old, main.encode(), backup=path + BACKUP_SUFFIX)]
     if drop_in is not None and drop_text is not None:
-        changes.append(_owned_file(drop_in, drop_text.encode()))
+        # The drop-in first: the main config never imports a file that is not there yet.
+        changes.insert(0, _owned_file(drop_in, drop_text.encode()))
     return changes
 
 
@@ -508,9 +509,8 @@ def _containerd_uninstall(opts: Options) -> list[Change]:
     backup_path = path + BACKUP_SUFFIX
     backup = read_file(backup_path)
     drop_in = _drop_in_path(opts)
-    changes: list[Change] = []
-    if os.path.exists(drop_in):
-        changes.append(_remove_owned(drop_in))
+    # The main config first, the drop-in after: never an import of a missing file.
+    last: list[Change] = [_remove_owned(drop_in)] if os.path.exists(drop_in) else []
     text = _text(old, path)
     try:
         doc = tomlkit.parse(text)
@@ -525,10 +525,9 @@ def _containerd_uninstall(opts: Options) -> list[Change]:
         ours = containerd_strip(doc.unwrap(), opts.name, drop_in, version, orig_default)
         theirs = containerd_strip(bdoc.unwrap(), opts.name, drop_in, version, orig_default)
         if ours == theirs:
-            return [*changes, Change(path, old, backup, drop_backup=backup_path)]
-    changes.append(Change(path, old, _containerd_remove(doc, opts, drop_in, version,
-                                                        orig_default, bdoc).encode()))
-    return changes
+            return [Change(path, old, backup, drop_backup=backup_path), *last]
+    return [Change(path, old, _containerd_remove(doc, opts, drop_in, version, orig_default,
+                                                 bdoc).encode()), *last]
 
 
 def _containerd_remove(doc: tomlkit.TOMLDocument, opts: Options, drop_in: str, version: int,

@@ -89,6 +89,10 @@ def private_config(workdir: Path, sandbox_image: str, base: str | None = None) -
     cni = cri.setdefault("cni", tomlkit.table())
     cni["bin_dir"] = str(workdir / "cni" / "bin")
     cni["conf_dir"] = str(workdir / "cni" / "conf")
+    # runc's state (the shim's default is /run/containerd/runc/<namespace>, shared by all).
+    runtimes = cri.setdefault("containerd", tomlkit.table()).setdefault("runtimes", tomlkit.table())
+    runc_opts = runtimes.setdefault("runc", tomlkit.table()).setdefault("options", tomlkit.table())
+    runc_opts["Root"] = str(workdir / "runc")
     return tomlkit.dumps(doc)
 
 
@@ -110,12 +114,22 @@ class Containerd:
         return self.workdir / "containerd.sock"
 
     @property
+    def runc_root(self) -> Path:
+        """runc's --root for the runc runtime (the shim adds /<namespace>)."""
+        return self.workdir / "runc"
+
+    @property
+    def fifo_dir(self) -> Path:
+        """For `ctr run/exec --fifo-dir` (ctr's default is /run/containerd/fifo)."""
+        return self.workdir / "fifo"
+
+    @property
     def log_path(self) -> Path:
         return self.workdir / "containerd.log"
 
     def write_config(self, base: str | None = None) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        for d in ("cni/bin", "cni/conf", "opt"):
+        for d in ("cni/bin", "cni/conf", "opt", "runc", "fifo"):
             (self.workdir / d).mkdir(parents=True, exist_ok=True)
         self.config.write_text(private_config(self.workdir, self.sandbox_image, base))
         return self.config

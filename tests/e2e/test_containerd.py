@@ -136,6 +136,12 @@ def _run_node(
         yield Node(mode=mode, containerd=cd, gpuhook_config=config, gpuhook_log=log, workdir=work)
 
 
+def _runtime_flags(cd: Containerd) -> list[str]:
+    """ctr's own way to name the OCI runtime: the runc v2 shim running gpuhook-runtime."""
+    return ["--runtime", "io.containerd.runc.v2", "--runc-binary", str(GPUHOOK_RUNTIME),
+            "--runc-root", str(cd.runc_root), "--fifo-dir", str(cd.fifo_dir)]  # fmt: skip
+
+
 def _mount_flags(requested: tuple[str, ...]) -> list[str]:
     flags = []
     for dev in requested:
@@ -145,8 +151,7 @@ def _mount_flags(requested: tuple[str, ...]) -> list[str]:
 
 def ctr_run(node: Node, cid: str, requested: tuple[str, ...], env: str | None,
             script: str, privileged: bool = False) -> subprocess.CompletedProcess[str]:
-    args = ["run", "--rm", "--runtime", "io.containerd.runc.v2",
-            "--runc-binary", str(GPUHOOK_RUNTIME), *_mount_flags(requested)]  # fmt: skip
+    args = ["run", "--rm", *_runtime_flags(node.containerd), *_mount_flags(requested)]
     if privileged:
         args.append("--privileged")
     if env is not None:
@@ -172,6 +177,9 @@ def test_install_registers_the_runtime_in_containerd_config(node: Node) -> None:
     rt = cri["runtimes"][RUNTIME_NAME]
     assert rt["runtime_type"] == "io.containerd.runc.v2"
     assert rt["options"]["BinaryName"] == str(GPUHOOK_RUNTIME)
+    # the other options come from the runc runtime (here: the private runc root)
+    assert rt["options"]["Root"] == cri["runtimes"]["runc"]["options"]["Root"]
+    assert rt["options"]["Root"] == str(node.containerd.runc_root)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -198,8 +206,7 @@ def test_the_shim_and_runtime_see_gpuhook_config(node: Node) -> None:
     GPUHOOK_CONFIG containerd was started with reaches gpuhook-runtime (its decision log, named
     only in that config, records the container)."""
     cid = unique("ctr-env")
-    args = ["run", "--detach", "--runtime", "io.containerd.runc.v2",
-            "--runc-binary", str(GPUHOOK_RUNTIME), *_mount_flags(("2",)),
+    args = ["run", "--detach", *_runtime_flags(node.containerd), *_mount_flags(("2",)),
             IMAGE, cid, "sh", "-c", PAUSE_SCRIPT]  # fmt: skip
     cd = node.containerd
     cd.ctr(*args, namespace=NAMESPACE)

@@ -92,12 +92,11 @@ def test_install_keeps_every_original_byte_but_a_replaced_runtime(
     if b"runtimes.nvidia]" not in original:
         assert path.read_bytes().startswith(original)  # the runtime is appended; all else kept
         return
-    # Only the old nvidia runtime's own tables go (its header through its last key).
-    first = next(i for i, line in enumerate(old) if "runtimes.nvidia]" in line)
-    last = max(i for i, line in enumerate(old) if "nvidia-container-runtime" in line
-               or "runtimes.nvidia" in line or (i > first and "SystemdCgroup" in line
-                                                and i < first + 10))
-    assert removed == old[first:last + 2]
+    # Only the old nvidia runtime's own tables go: its header up to the next (runc) table.
+    first = next(i for i, line in enumerate(old) if line.strip().endswith("runtimes.nvidia]"))
+    runc = next(i for i, line in enumerate(old) if line.strip().endswith("runtimes.runc]"))
+    assert first < runc
+    assert removed == old[first:runc]
 
 
 def test_second_install_changes_nothing(sample: tuple[Path, bytes, int]) -> None:

@@ -21,8 +21,10 @@ def _common(f: F) -> F:
         click.option("--name", default="nvidia", show_default=True,
                      help="Runtime name (containerd runtime handler, CRI-O / Docker runtime)."),
         click.option("--drop-in", is_flag=True,
-                     help="containerd: write the runtime to a drop-in file listed in `imports` "
-                          "instead of editing the config's tables."),
+                     help="containerd: write the runtime to DIR/99-gpuhook.toml, listed in "
+                          "`imports`, instead of editing the config's tables. containerd 1.x "
+                          "replaces a whole plugin section from an import, so the drop-in holds "
+                          "a copy of the CRI section: run install again after editing it."),
         click.option("--drop-in-dir", metavar="DIR",
                      help="Drop-in directory (default /etc/containerd/conf.d for containerd, "
                           "/etc/crio/crio.conf.d for CRI-O)."),
@@ -63,7 +65,9 @@ def install(runtime: str, config: str | None, name: str, drop_in: bool,
     crio        writes DIR/99-gpuhook.conf: [crio.runtime.runtimes.NAME] runtime_path,
                 runtime_type = "oci".
     docker      adds runtimes.NAME.path to daemon.json, keeping every other key.
-    podman      writes an OCI hook (stage prestart, when always) to HOOKS_DIR/gpuhook.json.
+    podman      writes an OCI hook (stage prestart, when always) to HOOKS_DIR/gpuhook.json;
+                CRI-O reads the same hooks.d directory, so this also serves CRI-O with the
+                hook instead of the runtime.
 
     A second install changes nothing. Daemons are never restarted: the command to do it is
     printed.

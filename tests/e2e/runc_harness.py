@@ -350,7 +350,8 @@ class RunResult:
 # Runs in a private mount namespace (`unshare -m`) set up for the cgroup mode: run, record
 # what's left, then clean up regardless. v1 mode on a hybrid host mounts nothing.
 _RUN_SCRIPT = r"""
-R="$1"; B="$2"; ID="$3"; CG="$4"; OUT="$5"; MODE="$6"
+R="$1"; B="$2"; ID="$3"; CG="$4"; OUT="$5"; MODE="$6"; RUNTIME="$7"
+runc() { "$RUNTIME" "$@"; }
 mount --make-rprivate / || exit 96
 if [ "$MODE" = v2 ]; then
   if [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ]; then
@@ -371,10 +372,12 @@ exit $rc
 
 
 def run_container(bundle: Bundle, mode: str = "v1", *, container_id: str | None = None,
-                  runc_root: Path | None = None, timeout: float = 60) -> RunResult:
+                  runc_root: Path | None = None, timeout: float = 60,
+                  runtime: str = "runc") -> RunResult:
     """`runc run` the bundle in cgroup `mode` ("v1": the host's hybrid layout, devices
     controller; "v2": inside `unshare -m` with cgroup2 mounted at /sys/fs/cgroup), wait, then
-    `runc delete -f` and remove its cgroup. Never raises for a failed container."""
+    `runc delete -f` and remove its cgroup. Never raises for a failed container. `runtime`
+    names another runc-compatible CLI (crun) to run instead."""
     if mode not in ("v1", "v2"):
         raise ValueError(f"mode must be v1 or v2, not {mode!r}")
     cid = container_id or f"gpuhook-e2e-{uuid.uuid4().hex[:12]}"
@@ -382,7 +385,7 @@ def run_container(bundle: Bundle, mode: str = "v1", *, container_id: str | None 
     out.mkdir()
     root = runc_root or bundle.path / f".runc-{mode}"
     argv = ["unshare", "-m", "--propagation", "private", "bash", "-c", _RUN_SCRIPT, "run",
-            str(root), str(bundle.path), cid, bundle.cgroups_path, str(out), mode]
+            str(root), str(bundle.path), cid, bundle.cgroups_path, str(out), mode, runtime]
     try:
         proc = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout,
                               env=MINIMAL_ENV, stdin=subprocess.DEVNULL)
@@ -391,7 +394,7 @@ def run_container(bundle: Bundle, mode: str = "v1", *, container_id: str | None 
         rc = 124
         stdout = _text(e.stdout)
         stderr = _text(e.stderr) + f"\n(timed out after {timeout}s)"
-        _force_cleanup(root, cid, bundle.cgroups_path, out, mode)
+        _force_cleanup(root, cid, bundle.cgroups_path, out, mode, runtime)
     left = (out / "left").read_text().split() if (out / "left").exists() else [cid]
     cgroup_left = (out / "cgroup").read_text().strip() == "1" if (out / "cgroup").exists() \
         else True
@@ -406,11 +409,12 @@ def _text(b: bytes | str | None) -> str:
     return b if isinstance(b, str) else b.decode(errors="replace")
 
 
-def _force_cleanup(root: Path, cid: str, cgroups_path: str, out: Path, mode: str) -> None:
+def _force_cleanup(root: Path, cid: str, cgroups_path: str, out: Path, mode: str,
+                   runtime: str) -> None:
     # The same mount setup as _RUN_SCRIPT, with `runc delete -f` as the only work.
     script = _RUN_SCRIPT.replace('runc --root "$R" run -b "$B" "$ID" </dev/null', "false")
     argv = ["unshare", "-m", "--propagation", "private", "bash", "-c", script, "cleanup",
-            str(root), "-", cid, cgroups_path, str(out), mode]
+            str(root), "-", cid, cgroups_path, str(out), mode, runtime]
     subprocess.run(argv, capture_output=True, env=MINIMAL_ENV, timeout=60, check=False)
 
 

@@ -208,7 +208,14 @@ def prepare_bundle(bundle: str, config: Any, record: dict[str, Any]) -> str:
     record["decision"] = "applied"
     if edited == spec:
         return "untouched"  # idempotent: already carries the plan; no rewrite
-    write_atomic(path, json.dumps(edited, ensure_ascii=False, separators=(",", ":")).encode())
+    try:
+        data = json.dumps(edited, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        from gpuhook.errors import InputError
+
+        raise InputError(f"spec {path}: a number out of JSON's range (1e400?) cannot be "
+                         "written back") from None
+    write_atomic(path, data.encode())
     return "edited"
 
 
@@ -218,8 +225,8 @@ def hook_args(config_source: str) -> tuple[str, ...]:
 
     # The hook runs with a minimal environment: a config found through $GPUHOOK_CONFIG must be
     # named on its command line.
-    if os.path.isabs(config_source) and config_source != SYSTEM_CONFIG:
-        return (*HOOK_ARGS, "--config", config_source)
+    if os.path.isfile(config_source) and os.path.abspath(config_source) != SYSTEM_CONFIG:
+        return (*HOOK_ARGS, "--config", os.path.abspath(config_source))
     return HOOK_ARGS
 
 

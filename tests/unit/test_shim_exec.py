@@ -347,3 +347,23 @@ def test_the_common_paths_import_no_click_yaml_or_nvml(world: World, args: list[
     modules = imported_modules(result.stderr)
     assert "gpuhook.shim" in modules
     assert not modules & {"click", "yaml", "pynvml", "tomlkit", "gpuhook.pipeline"}
+
+
+def test_a_number_json_cannot_write_back_fails_create_cleanly(world: World) -> None:
+    spec = gpu_spec()
+    text = json.dumps(spec)[:-1] + ', "x-huge": 1e400}'
+    b = world.bundle(spec, text=text)
+    result = world.shim("create", "-b", str(b), "c1")
+    assert result.returncode == 2
+    assert "out of JSON's range" in result.stderr
+    assert (b / "config.json").read_text() == text
+    assert world.argv() is None
+
+
+def test_hook_mode_names_a_relative_gpuhook_config_absolutely(world: World) -> None:
+    world.write_config(mode="hook")
+    b = world.bundle(gpu_spec())
+    env = world.env(GPUHOOK_CONFIG=world.config.name)  # relative to the cwd
+    assert world.shim("create", "-b", str(b), "c1", env=env).returncode == 7
+    [hook] = json.loads((b / "config.json").read_text())["hooks"]["prestart"]
+    assert hook["args"][3:] == ["--config", str(world.config)]

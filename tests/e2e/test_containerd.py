@@ -18,6 +18,7 @@ there is no driver), no other NVIDIA node exists, and every other NVIDIA device 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -201,31 +202,63 @@ def test_ctr_run_of_an_unknown_gpu_fails_naming_it(node: Node) -> None:
     assert "9 not found; available:" in res.stderr, res.stderr
 
 
+@contextlib.contextmanager
+def detached(node: Node, requested: tuple[str, ...]) -> Iterator[str]:
+    """A running ctr container (a TERM-aware sleep loop) with `requested` GPUs; its id."""
+    cd = node.containerd
+    cid = unique("ctr-detached")
+    cd.ctr("run", "--detach", *_runtime_flags(cd), *_mount_flags(requested),
+           IMAGE, cid, "sh", "-c", PAUSE_SCRIPT, namespace=NAMESPACE)  # fmt: skip
+    try:
+        yield cid
+    finally:
+        cd.ctr("task", "kill", "-s", "KILL", cid, namespace=NAMESPACE, check=False)
+        _wait_task_gone(cd, cid)
+        cd.ctr("container", "rm", cid, namespace=NAMESPACE, check=False)
+
+
+def ctr_exec_probe(node: Node, cid: str) -> str:
+    cd = node.containerd
+    res = cd.ctr("task", "exec", "--exec-id", unique("probe"), "--fifo-dir", str(cd.fifo_dir),
+                 cid, "sh", "-c", device_probe.script(), namespace=NAMESPACE)  # fmt: skip
+    return res.stdout
+
+
 def test_the_shim_and_runtime_see_gpuhook_config(node: Node) -> None:
     """containerd passes its environment to its shims, and they to the OCI runtime: the
     GPUHOOK_CONFIG containerd was started with reaches gpuhook-runtime (its decision log, named
     only in that config, records the container)."""
-    cid = unique("ctr-env")
-    args = ["run", "--detach", *_runtime_flags(node.containerd), *_mount_flags(("2",)),
-            IMAGE, cid, "sh", "-c", PAUSE_SCRIPT]  # fmt: skip
     cd = node.containerd
-    cd.ctr(*args, namespace=NAMESPACE)
-    try:
+    with detached(node, ("2",)) as cid:
         pids = shim_pids(cd.socket)
         assert pids, "no containerd-shim-runc-v2 for our socket"
         envs = [Path(f"/proc/{p}/environ").read_bytes().split(b"\0") for p in pids]
         want = f"GPUHOOK_CONFIG={node.gpuhook_config}".encode()
         assert all(want in env for env in envs), "a shim lacks GPUHOOK_CONFIG"
-    finally:
-        cd.ctr("task", "kill", "-s", "KILL", cid, namespace=NAMESPACE, check=False)
-        _wait_task_gone(cd, cid)
-        cd.ctr("container", "rm", cid, namespace=NAMESPACE, check=False)
     assert node.gpuhook_log.exists(), "gpuhook-runtime wrote no decision log: config not seen"
     records = [json.loads(line) for line in node.gpuhook_log.read_text().splitlines()]
     events = sorted(str(r.get("event")) for r in records if r.get("id") == cid)
     # spec mode: the shim alone decides at `create`; hook mode: the shim adds the hook, which
     # decides again at prestart with the container's pid (and --config from the shim).
     assert events == (["create"] if node.mode == "spec" else ["create", "prestart"]), records
+
+
+def test_a_grant_survives_runc_update(node: Node) -> None:
+    """`runc update` (what a resource change does to a running container) rewrites the
+    container's cgroup from runc's saved config; the GPU grant must still hold afterwards, and
+    nothing more may be allowed. Exec'd processes go through gpuhook-runtime untouched."""
+    with detached(node, ("2",)) as cid:
+        before = device_probe.parse(ctr_exec_probe(node, cid))
+        assert not GPU2.check(before), GPU2.check(before)
+        res = subprocess.run(
+            ["runc", "--root", str(node.containerd.runc_root / NAMESPACE), "update",
+             "--memory", str(256 << 20), "--pids-limit", "1000", cid],
+            capture_output=True, text=True, env={"PATH": MINIMAL_PATH}, timeout=30, check=False,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        out = ctr_exec_probe(node, cid)
+        problems = GPU2.check(device_probe.parse(out))
+        assert not problems, "\n".join(problems) + "\n--- probe output after update:\n" + out
 
 
 def _wait_task_gone(cd: Containerd, cid: str, timeout: float = 10) -> None:

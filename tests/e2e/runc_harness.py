@@ -351,7 +351,7 @@ class RunResult:
 # what's left, then clean up regardless. v1 mode on a hybrid host mounts nothing.
 _RUN_SCRIPT = r"""
 R="$1"; B="$2"; ID="$3"; CG="$4"; OUT="$5"; MODE="$6"; RUNTIME="$7"
-runc() { "$RUNTIME" "$@"; }
+runc() { command "$RUNTIME" "$@"; }
 mount --make-rprivate / || exit 96
 if [ "$MODE" = v2 ]; then
   if [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ]; then

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpuhook.shim import Invocation, parse_args, runtime_log_line
 
@@ -86,3 +88,28 @@ def test_json_log_line_is_what_containerd_parses() -> None:
 def test_text_log_line_is_logrus_text_format() -> None:
     line = runtime_log_line('bad "id"', "text", now=0)
     assert line == 'time="1970-01-01T00:00:00Z" level=error msg="bad \\"id\\""\n'
+
+
+FLAGS = ["--root", "-root", "--log", "--log-format", "--systemd-cgroup", "--debug", "--criu",
+         "--rootless", "-b", "--bundle", "-bundle", "--pid-file", "--console-socket", "--",
+         "-d", "--keep", "create", "run", "state", "delete", "exec", "id", "/b", "=", "-",
+         "--bundle=/x", "-b=", "--="]
+
+
+@given(st.lists(st.sampled_from(FLAGS) | st.text(max_size=8), max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_any_argv_parses_without_error(argv: list[str]) -> None:
+    inv = parse_args(argv)
+    assert inv.edits_spec == (inv.command in ("create", "run"))
+    if not inv.edits_spec:
+        assert inv.bundle is None
+
+
+@given(st.lists(st.sampled_from(["--systemd-cgroup", "--debug", "--root=/r", "-log=/l"]),
+                max_size=4),
+       st.sampled_from(["-b", "--bundle", "-bundle", "--b"]), st.text(min_size=1, max_size=10))
+@settings(max_examples=200, deadline=None)
+def test_the_bundle_is_found_behind_any_global_flags(globals_: list[str], flag: str,
+                                                     bundle: str) -> None:
+    inv = parse_args([*globals_, "create", flag, bundle, "cid"])
+    assert (inv.command, inv.bundle, inv.container_id) == ("create", bundle, "cid")

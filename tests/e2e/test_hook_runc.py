@@ -47,20 +47,20 @@ def assert_denied(result: rh.RunResult, path: str) -> None:
 
 def run(tmp_path: Path, rootfs: Path, mode: str, opts: rh.BundleOptions,
         config_extra: dict[str, object] | None = None, fake: str = "8xa100-mig",
-        ) -> tuple[rh.RunResult, Path]:
+        ) -> tuple[rh.RunResult, Path, rh.Bundle]:
     log = tmp_path / "gpuhook.log"
     cfg = rh.write_config(tmp_path / "gpuhook.toml", fake=fake, log_file=log,
                           extra=config_extra)
     opts = dataclasses.replace(opts, hook=rh.hook_command(cfg))
     bundle = rh.make_bundle(tmp_path / "bundle", rootfs, opts)
-    return rh.run_container(bundle, mode), log
+    return rh.run_container(bundle, mode), log, bundle
 
 
 def test_mounted_gpu_request_gets_that_gpu_and_nothing_more(
         runc_rootfs: Path, cgroup_mode: str, tmp_path: Path) -> None:
     # The device plugin mounts GPU 3; NVIDIA_VISIBLE_DEVICES=all in the image is ignored; the
     # spec itself places /dev/nvidia5 (no allow rule): it must stay denied.
-    result, log = run(tmp_path, runc_rootfs, cgroup_mode, rh.BundleOptions(
+    result, log, bundle = run(tmp_path, runc_rootfs, cgroup_mode, rh.BundleOptions(
         request_ids=("3",), env=("NVIDIA_VISIBLE_DEVICES=all",),
         devices=(rh.SpecDevice("/dev/nvidia5", FRONTEND, 5),),
         args=rh.probe_args(["/dev/nvidia3", *CONTROL_NODES, "/dev/nvidia5", "/dev/null",
@@ -78,11 +78,17 @@ def test_mounted_gpu_request_gets_that_gpu_and_nothing_more(
     assert entry["decision"] == "applied"
     assert entry["source"] == "volume-mounts"
     assert entry["device_ids"] == ["3"]
+    # The hook found the container's own cgroup, in the mode runc used.
+    version = cgroup_mode[1]
+    cgroup_lines = [a for a in entry["applied"] if a.startswith("cgroup ")]
+    assert cgroup_lines and all(a.startswith(f"cgroup v{version} ") and
+                                f"{bundle.cgroups_path}:" in a for a in cgroup_lines), \
+        entry["applied"]
 
 
 def test_privileged_envvar_gets_exactly_the_listed_gpus(
         runc_rootfs: Path, cgroup_mode: str, tmp_path: Path) -> None:
-    result, _ = run(tmp_path, runc_rootfs, cgroup_mode, rh.BundleOptions(
+    result, _, _ = run(tmp_path, runc_rootfs, cgroup_mode, rh.BundleOptions(
         privileged=True, env=("NVIDIA_VISIBLE_DEVICES=2,4",),
         devices=(rh.SpecDevice("/dev/nvidia3", FRONTEND, 3),),
         args=rh.probe_args(["/dev/nvidia2", "/dev/nvidia4", "/dev/nvidia3", *CONTROL_NODES])))
@@ -101,7 +107,7 @@ def test_privileged_envvar_gets_exactly_the_listed_gpus(
 ])
 def test_unknown_id_fails_the_start_with_gpuhooks_message(
         runc_rootfs: Path, cgroup_mode: str, tmp_path: Path, request_id: str) -> None:
-    result, log = run(tmp_path, runc_rootfs, cgroup_mode, rh.BundleOptions(
+    result, log, _ = run(tmp_path, runc_rootfs, cgroup_mode, rh.BundleOptions(
         request_ids=(request_id,), args=rh.probe_args(["/dev/nvidiactl"])))
     assert not result.ok
     assert not result.probe_done, "the container ran"
@@ -114,7 +120,7 @@ def test_unknown_id_fails_the_start_with_gpuhooks_message(
 
 def test_container_without_request_starts_and_gets_no_nodes(
         runc_rootfs: Path, cgroup_mode: str, tmp_path: Path) -> None:
-    result, log = run(tmp_path, runc_rootfs, cgroup_mode, rh.BundleOptions(
+    result, log, _ = run(tmp_path, runc_rootfs, cgroup_mode, rh.BundleOptions(
         args=rh.probe_args(["/dev/nvidiactl", "/dev/null"])))
     assert result.ok, result.stderr
     assert result.probe_done

@@ -300,19 +300,29 @@ def cgroup_mounts() -> list[str]:
     return points
 
 
-def remove_cgroups(name: str) -> None:
-    """rmdir `/<name>` and everything below it in every hierarchy (deepest first). A cgroup still
-    holding a process stays (rmdir fails with EBUSY): that is a leak to see, not to hide."""
+def remove_cgroups(name: str, timeout: float = 10.0) -> list[Path]:
+    """rmdir `/<name>` and everything below it in every hierarchy (deepest first), retrying
+    until `timeout`: an exited process keeps a cgroup v1 busy until it is reaped, which for a
+    daemon's orphan (conmon, a shim) happens a little later. Returns what is still there (a
+    cgroup still holding a live process is a leak to see, not to hide)."""
     if not name.strip("/") or ".." in Path(name).parts:
         raise ValueError(f"bad cgroup name {name!r}")
-    for mnt in cgroup_mounts():
-        top = Path(mnt) / name.strip("/")
-        if not top.is_dir():
-            continue
-        dirs = [Path(d) for d, _, _ in os.walk(top)]
-        for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
-            with contextlib.suppress(OSError):
-                d.rmdir()
+    deadline = time.monotonic() + timeout
+    while True:
+        left = []
+        for mnt in cgroup_mounts():
+            top = Path(mnt) / name.strip("/")
+            if not top.is_dir():
+                continue
+            dirs = [Path(d) for d, _, _ in os.walk(top)]
+            for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            if top.is_dir():
+                left.append(top)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
 
 
 def unmount_under(root: Path) -> None:

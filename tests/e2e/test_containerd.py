@@ -120,8 +120,8 @@ def node(
     try:
         yield from _run_node(mode, cd, archive, config, log, work)
     finally:
-        for cg in (NAMESPACE, POD_CGROUP):
-            remove_cgroups(cg)
+        left = [p for cg in (NAMESPACE, POD_CGROUP) for p in remove_cgroups(cg)]
+        assert not left, f"cgroups still busy after containerd and its shims stopped: {left}"
 
 
 def _run_node(

@@ -125,7 +125,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
         # it mounts podman's storage dir again, so unmount only once those are gone.
         _wait_for_processes_using(work)
         unmount_under(work)
-        remove_cgroups(CGROUP_PARENT)
+        left = remove_cgroups(CGROUP_PARENT)
+        assert not left, f"cgroups still busy after podman's containers were removed: {left}"
 
 
 def _wait_for_processes_using(path: Path, timeout: float = 15.0) -> None:

@@ -286,6 +286,8 @@ def pod(node: Node) -> Iterator[Pod]:
     """One pod sandbox (host network, no CNI) run with the `nvidia` handler; the sandbox itself
     is a container without a GPU request, so it also goes through gpuhook-runtime untouched."""
     cri = CriClient(socket=node.containerd.socket, gen_dir=node.workdir / "cri_gen")
+    runtime_name, _ = cri.version()  # the CRI plugin answers runtime.v1 on this socket
+    assert runtime_name == "containerd"
     log_dir = node.workdir / "pod-logs"
     log_dir.mkdir()
     name = unique("pod")

@@ -8,10 +8,11 @@ order: the last one removes and purges and compares the file list with the snaps
 `dpkg -i`.
 
 The snapshot covers what a package and its maintainer scripts can touch: /usr, /etc, /var/log,
-/run/gpuhook, /var/lib/gpuhook and dpkg's own per-package files in /var/lib/dpkg/info (the rest of
-/var/lib/dpkg, e.g. `status`, changes by design). /var/log/gpuhook.log* is left out of the
-comparison: purge deletes the decision log by policy even if it existed before, which the purge
-test checks on its own.
+/var/lib/gpuhook and dpkg's own per-package files in /var/lib/dpkg/info (the rest of
+/var/lib/dpkg, e.g. `status`, changes by design). Two run-time paths are checked on their own
+instead, because the maintainer scripts delete them by policy even when they existed before:
+the decision log /var/log/gpuhook.log* (purge) and the inventory snapshot dir /run/gpuhook
+(remove). Their earlier contents are put back afterwards.
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ EXPECTED_FILES = (
     str(INSTALLED_FAKE / "inventories" / "8xa100-mig.yaml"),
     str(INSTALLED_FAKE / "hosts" / "8xa100-mig" / "proc" / "devices"),
 )
-SNAPSHOT_ROOTS = ("/usr", "/etc", "/var/log", "/run/gpuhook", "/var/lib/gpuhook",
-                  "/var/lib/dpkg/info")
+SNAPSHOT_ROOTS = ("/usr", "/etc", "/var/log", "/var/lib/gpuhook", "/var/lib/dpkg/info")
 POLICY_LOG = Path("/var/log/gpuhook.log")
+RUN_DIR = Path("/run/gpuhook")  # the default inventory-cache's directory
 BUILD_DEPS = ("dpkg-buildpackage", "dh", "dh_python3", "lintian", "git")
 
 
@@ -120,6 +121,7 @@ class Deb:
     before: set[str]
     packages_before: set[str]
     log_before: bytes | None = None
+    run_dir_copy: Path | None = None  # a copy of /run/gpuhook as it was before the install
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +144,12 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deb]:
     (REPO / "packaging" / "deb" / "out").mkdir(parents=True, exist_ok=True)
     (REPO / "packaging" / "deb" / "out" / "lintian.txt").write_text(lintian + "\n")
     log_before = POLICY_LOG.read_bytes() if POLICY_LOG.exists() else None
+    run_dir_copy = None
+    if RUN_DIR.exists():
+        run_dir_copy = tmp_path_factory.mktemp("run-gpuhook") / "gpuhook"
+        shutil.copytree(RUN_DIR, run_dir_copy, symlinks=True)
     info = Deb(path, version, lintian, build_seconds, snapshot(), packages(),
-               log_before=log_before)
+               log_before=log_before, run_dir_copy=run_dir_copy)
     try:
         proc = dpkg("-i", str(path))
         if proc.returncode != 0:
@@ -158,6 +164,8 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deb]:
             dpkg("--purge", PKG)
         if log_before is not None and not POLICY_LOG.exists():
             POLICY_LOG.write_bytes(log_before)
+        if run_dir_copy is not None and not RUN_DIR.exists():
+            shutil.copytree(run_dir_copy, RUN_DIR, symlinks=True)
 
 
 def test_package_is_lintian_clean(deb: Deb) -> None:
@@ -334,31 +342,53 @@ def test_measure_no_gpu_hook_start_installed_vs_venv(deb: Deb, tmp_path: Path) -
 
 
 # Last: it removes the package the tests above use.
-def test_remove_warns_about_a_registered_runtime_then_purge_leaves_no_trace(deb: Deb) -> None:
-    # A registration only gpuhook install would write, in a file containerd reads only when
-    # imported: prerm must warn about it, and must not touch it.
-    dropin_dir = Path("/etc/containerd/conf.d")
-    made_dir = not dropin_dir.exists()
-    dropin = dropin_dir / f"99-gpuhook-deb-test-{uuid.uuid4().hex[:8]}.toml"
-    dropin_dir.mkdir(parents=True, exist_ok=True)
-    text = ('[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia.options]\n'
-            'BinaryName = "/usr/bin/gpuhook-runtime"\n')
-    dropin.write_text(text)
+# Registrations as `gpuhook install --drop-in` would leave them, in drop-in directories that the
+# daemons read only when imported (containerd) or when running (CRI-O is not installed here).
+REGISTRATIONS = (
+    ("containerd", Path("/etc/containerd/conf.d"), ".toml",
+     '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia.options]\n'
+     'BinaryName = "/usr/bin/gpuhook-runtime"\n'),
+    ("crio", Path("/etc/crio/crio.conf.d"), ".conf",
+     '[crio.runtime.runtimes.nvidia]\nruntime_path = "/usr/bin/gpuhook-runtime"\n'),
+)
+
+
+def test_remove_warns_about_a_registered_runtime_then_purge_leaves_no_trace(
+        deb: Deb, tmp_path: Path) -> None:
+    # prerm must name every file that still registers gpuhook-runtime, and touch none of them.
+    made: list[Path] = []
+    files: dict[Path, tuple[str, str]] = {}
+    for runtime, directory, suffix, text in REGISTRATIONS:
+        for d in (*reversed(directory.parents), directory):
+            if not d.exists():
+                d.mkdir()
+                made.append(d)
+        f = directory / f"99-gpuhook-deb-test-{uuid.uuid4().hex[:8]}{suffix}"
+        f.write_text(text)
+        files[f] = (runtime, text)
     POLICY_LOG.write_text('{"event": "prestart", "decision": "test"}\n')
+    cfg = rh.write_config(tmp_path / "gpuhook.toml", log_file=tmp_path / "log.jsonl",
+                          fake_root=INSTALLED_FAKE)
+    refresh = sysrun([GPUHOOK, "inventory", "refresh", "--config", str(cfg)])
+    assert refresh.returncode == 0, refresh.stderr
+    assert (RUN_DIR / "inventory.json").is_file()
     try:
         removed = dpkg("-r", PKG)
         assert removed.returncode == 0, removed.stderr
-        assert str(dropin) in removed.stderr
-        assert "gpuhook uninstall --runtime containerd" in removed.stderr
-        assert dropin.read_text() == text
+        for f, (runtime, text) in files.items():
+            assert f"{f}  ({runtime})" in removed.stderr
+            assert f.read_text() == text
+        assert "gpuhook uninstall --runtime RUNTIME" in removed.stderr
     finally:
-        dropin.unlink()
-        if made_dir:
-            dropin_dir.rmdir()
+        for f in files:
+            f.unlink()
+        for d in reversed(made):
+            d.rmdir()
     assert installed_status() == "deinstall ok config-files"
     assert not os.path.exists(GPUHOOK)
     assert os.path.exists(CONFFILE)  # remove keeps configuration
     assert POLICY_LOG.exists()  # and logs
+    assert not RUN_DIR.exists()  # but not the inventory snapshot of a program that is gone
 
     purged = dpkg("-P", PKG)
     assert purged.returncode == 0, purged.stderr
@@ -366,6 +396,8 @@ def test_remove_warns_about_a_registered_runtime_then_purge_leaves_no_trace(deb:
     assert not POLICY_LOG.exists()
     if deb.log_before is not None:
         POLICY_LOG.write_bytes(deb.log_before)
+    if deb.run_dir_copy is not None:
+        shutil.copytree(deb.run_dir_copy, RUN_DIR, symlinks=True)
     # Packages other than gpuhook installed or removed meanwhile (dependencies from apt-get -f,
     # or another suite's apt-get on a shared machine) are not gpuhook's doing: leave them out.
     others = packages() ^ deb.packages_before

@@ -1,6 +1,11 @@
 """Plan -> the real system, for the prestart hook: device nodes in the container's mount
 namespace, then cgroup rules (v1 devices.allow, or a v2 BPF device program).
 
+The rootfs is looked up inside the container's mount namespace (where runc has mounted its
+/dev tmpfs on `<rootfs>/dev`, since prestart hooks run before pivot_root) and checked to be the
+same directory the hook sees at the bundle path; a runtime that pivots before the hook leaves
+it as the init process's root, which is used then.
+
 Order, so that a failure leaves no widened access: find the cgroup first (reads only), then
 create the nodes (a node without a cgroup rule opens nothing: EPERM), then allow the devices.
 If allowing fails, the nodes this call created are removed again and ApplyError is raised.
@@ -8,7 +13,8 @@ If allowing fails, the nodes this call created are removed again and ApplyError 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gpuhook.apply import cgroup, nodes, ns
@@ -52,18 +58,57 @@ def allow_devices(target: cgroup.DeviceCgroup, rules: Sequence[CgroupRule]) -> l
     return [bpf.add_device_rules(target.path, rules)]
 
 
+class _Rootfs:
+    """The container rootfs as the hook sees it: its identity and its init's root, both taken
+    before entering the container's mount namespace."""
+
+    def __init__(self, pid: int, rootfs: str) -> None:
+        self.path = rootfs
+        try:
+            st = os.stat(rootfs)
+            self.identity = (st.st_dev, st.st_ino)
+            self.init_root = os.open(f"/proc/{pid}/root",
+                                     os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise ApplyError(f"container pid {pid}, rootfs {rootfs}: {e.filename}: "
+                             f"{e.strerror}") from None
+
+    def open_in_ns(self) -> int:
+        return nodes.open_container_root(self.path, self.identity, self.init_root)
+
+    def close(self) -> None:
+        os.close(self.init_root)
+
+
+def _in_ns(root: _Rootfs, work: Callable[[int], Any]) -> Any:
+    fd = root.open_in_ns()
+    try:
+        return work(fd)
+    finally:
+        os.close(fd)
+
+
 def _create_nodes(pid: int, rootfs: str, plan: Plan) -> nodes.NodeReport:
     node_list = plan.device_nodes
+    root = _Rootfs(pid, rootfs)
     try:
-        data = ns.run_in_mount_ns(pid, lambda: nodes.create_nodes(rootfs, node_list).as_json())
+        data = ns.run_in_mount_ns(pid, lambda: _in_ns(
+            root, lambda fd: nodes.create_nodes(rootfs, node_list, fd).as_json()))
     except ApplyError as e:
         raise ApplyError(f"creating device nodes for container pid {pid}: {e}") from None
+    finally:
+        root.close()
     return nodes.NodeReport.from_json(data)
 
 
 def _remove_nodes(pid: int, rootfs: str, report: nodes.NodeReport) -> list[str]:
     try:
-        failed = ns.run_in_mount_ns(pid, lambda: nodes.remove_nodes(rootfs, report))
+        root = _Rootfs(pid, rootfs)
+        try:
+            failed = ns.run_in_mount_ns(pid, lambda: _in_ns(
+                root, lambda fd: nodes.remove_nodes(rootfs, report, fd)))
+        finally:
+            root.close()
     except ApplyError:
         return list(report.created)
     return [str(p) for p in failed]

@@ -55,12 +55,14 @@ def split_container_path(path: str) -> list[str]:
     return parts
 
 
-def create_nodes(rootfs: str, nodes: Sequence[DeviceNode]) -> NodeReport:
-    """Create `nodes` under `rootfs`. On error, undo this call's changes and raise ApplyError."""
+def create_nodes(rootfs: str, nodes: Sequence[DeviceNode],
+                 root_fd: int | None = None) -> NodeReport:
+    """Create `nodes` under `rootfs` (or under the directory fd `root_fd`, with `rootfs` only
+    naming it in messages). On error, undo this call's changes and raise ApplyError."""
     report = NodeReport()
     old_umask = os.umask(0)
     try:
-        root_fd = _open_rootfs(rootfs)
+        root_fd = _open_rootfs(rootfs) if root_fd is None else os.dup(root_fd)
         try:
             for node in nodes:
                 _create_one(root_fd, rootfs, node, report)
@@ -74,13 +76,35 @@ def create_nodes(rootfs: str, nodes: Sequence[DeviceNode]) -> NodeReport:
     return report
 
 
-def remove_nodes(rootfs: str, report: NodeReport) -> list[str]:
+def remove_nodes(rootfs: str, report: NodeReport, root_fd: int | None = None) -> list[str]:
     """Undo `report` (nodes we created, then directories we made); return what failed."""
-    root_fd = _open_rootfs(rootfs)
+    root_fd = _open_rootfs(rootfs) if root_fd is None else os.dup(root_fd)
     try:
         return _undo(root_fd, report)
     finally:
         os.close(root_fd)
+
+
+def open_container_root(rootfs: str, identity: tuple[int, int], init_root_fd: int) -> int:
+    """In the container's mount namespace: a directory fd of the rootfs the runtime set up,
+    checked against `identity` ((st_dev, st_ino) of the rootfs as the hook sees it; a bind
+    mount keeps both). Prestart hooks run before pivot_root (runc, crun), so the rootfs is at
+    its bundle path; a runtime that pivots first leaves it as the init process's root
+    (`init_root_fd`, from /proc/<pid>/root)."""
+    try:
+        fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        fd = -1
+    if fd >= 0:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == identity:
+            return fd
+        os.close(fd)
+    st = os.fstat(init_root_fd)
+    if (st.st_dev, st.st_ino) == identity:
+        return os.dup(init_root_fd)
+    raise ApplyError(f"container rootfs {rootfs} is neither at that path in the container's "
+                     f"mount namespace nor its init process's root; refusing to guess")
 
 
 def _open_rootfs(rootfs: str) -> int:

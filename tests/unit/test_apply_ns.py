@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,4 +119,72 @@ def test_a_symlinked_dev_fails_before_any_rule_is_written(container: tuple[int, 
     (cg / "devices.allow").write_text("")
     with pytest.raises(ApplyError, match=r"creating device nodes .*: refusing .* /dev .*symlink"):
         apply_to(MIG_PLAN, pid, str(rootfs), DeviceCgroup(1, str(cg)))
+    assert (cg / "devices.allow").read_text() == ""
+
+
+def _spawn_in_own_mount_ns(script: str, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script,
+                             "sh", *args], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+
+
+def _wait_for_root(pid: int, want: Path) -> None:
+    target = want.stat()
+    for _ in range(200):
+        try:
+            st = os.stat(f"/proc/{pid}/root")
+            if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+                return
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} never got {want} as its root")
+
+
+@needs_root
+def test_a_runtime_that_pivoted_before_the_hook_gets_nodes_in_the_init_root(
+        tmp_path: Path) -> None:
+    # In the "container's" mount namespace the bundle path is covered by a tmpfs, and the init
+    # process's root is a bind mount of the real rootfs, as after pivot_root.
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "dev").mkdir(parents=True)
+    (rootfs / "bin").mkdir()
+    shutil.copy2("/bin/busybox", rootfs / "bin" / "busybox")
+    hidden = tmp_path / "pivoted"
+    hidden.mkdir()
+    cg = tmp_path / "cgroup"
+    cg.mkdir()
+    (cg / "devices.allow").write_text("")
+    script = ('mount --bind "$1" "$2" && mount -t tmpfs none "$1" && '
+              'exec chroot "$2" /bin/busybox sleep 60')
+    with _spawn_in_own_mount_ns(script, str(rootfs), str(hidden)) as proc:
+        try:
+            _wait_for_root(proc.pid, rootfs)
+            apply_to(MIG_PLAN, proc.pid, str(rootfs), DeviceCgroup(1, str(cg)))
+        finally:
+            proc.kill()
+    for node in MIG_PLAN.device_nodes:
+        assert (rootfs / node.path.lstrip("/")).is_char_device()
+
+
+@needs_root
+def test_a_rootfs_found_neither_at_its_path_nor_as_init_root_is_refused(
+        tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "dev").mkdir(parents=True)
+    cg = tmp_path / "cgroup"
+    cg.mkdir()
+    (cg / "devices.allow").write_text("")
+    ready = tmp_path / "ready"
+    script = 'mount -t tmpfs none "$1" && touch "$2" && exec sleep 60'
+    with _spawn_in_own_mount_ns(script, str(rootfs), str(ready)) as proc:
+        try:
+            for _ in range(200):
+                if ready.exists():
+                    break
+                time.sleep(0.01)
+            with pytest.raises(ApplyError, match=r"neither at that path .* refusing to guess"):
+                apply_to(MIG_PLAN, proc.pid, str(rootfs), DeviceCgroup(1, str(cg)))
+        finally:
+            proc.kill()
+    assert os.listdir(rootfs / "dev") == []
     assert (cg / "devices.allow").read_text() == ""

@@ -7,6 +7,9 @@ v1 mode sees it, and runc's v2 mode inside `unshare -m` after `mount -t cgroup2 
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -194,3 +197,43 @@ def test_deny_v1_writes_the_undo_lines(tmp_path: Path) -> None:
     assert deny_v1(str(tmp_path), ["c 195:0 rwm"]) == []
     assert (tmp_path / "devices.deny").read_text() == "c 195:0 rwm"
     assert deny_v1(str(tmp_path / "gone"), ["c 1:1 r"]) == ["c 1:1 r"]
+
+
+V1_DEVICES = Path("/sys/fs/cgroup/devices")
+
+
+@pytest.fixture
+def v1_child_cgroup() -> Iterator[Path]:
+    """A real v1 devices cgroup whose parent allows only major 195: the kernel then refuses
+    to allow anything else in the child (EPERM)."""
+    if os.geteuid() != 0 or not (V1_DEVICES / "devices.allow").exists():
+        pytest.skip("needs root and a cgroup v1 devices hierarchy at /sys/fs/cgroup/devices")
+    parent = V1_DEVICES / f"gpuhook-unit-{uuid.uuid4().hex[:12]}"
+    parent.mkdir()
+    child = parent / "c"
+    try:
+        (parent / "devices.deny").write_text("a")
+        (parent / "devices.allow").write_text("c 195:* rwm")
+        child.mkdir()
+        yield child
+    finally:
+        for d in (child, parent):
+            if d.exists():
+                d.rmdir()
+
+
+def test_allow_v1_in_a_real_cgroup_allows_each_rule(v1_child_cgroup: Path) -> None:
+    (v1_child_cgroup / "devices.deny").write_text("a")
+    allow_v1(str(v1_child_cgroup), [CgroupRule("c", 195, 1, "rwm"),
+                                    CgroupRule("c", 195, 255, "r")])
+    assert (v1_child_cgroup / "devices.list").read_text().split("\n")[:2] == \
+        ["c 195:1 rwm", "c 195:255 r"]
+
+
+def test_allow_v1_in_a_real_cgroup_takes_back_what_it_allowed_when_a_rule_fails(
+        v1_child_cgroup: Path) -> None:
+    (v1_child_cgroup / "devices.deny").write_text("a")
+    rules = [CgroupRule("c", 195, 1, "rwm"), CgroupRule("c", 510, 0, "rwm")]
+    with pytest.raises(ApplyError, match=r"writing 'c 510:0 rwm' to .*devices\.allow"):
+        allow_v1(str(v1_child_cgroup), rules)
+    assert (v1_child_cgroup / "devices.list").read_text() == ""

@@ -81,6 +81,7 @@ class Podman:
 
     def run(self, name: str, case: Case, script: str) -> subprocess.CompletedProcess[str]:
         args = ["run", "--rm", "--name", name, "--network", "none",
+                "--cidfile", str(self.work / f"{name}.cid"),
                 "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768",
                 "--cgroup-parent", f"/{CGROUP_PARENT}",
                 # podman's default capabilities lack CAP_MKNOD; the probe uses it to ask the
@@ -185,13 +186,16 @@ def test_the_hook_sees_the_container_pid_and_bundle(engine: Podman) -> None:
     gpu2 = next(c for c in CASES if c.requested == ("2",))
     res = engine.run(name, gpu2, "echo ran")
     assert res.returncode == 0, res.stderr
-    applied = [d for d in engine.decisions() if d.get("decision") == "applied"]
-    assert applied, f"no applied decision in {engine.gpuhook_log}"
-    last = applied[-1]
-    assert isinstance(last.get("pid"), int) and int(str(last["pid"])) > 1
-    bundle = str(last.get("bundle", ""))
-    assert bundle.startswith(str(engine.work / "storage")), bundle
-    assert last.get("device_ids") == ["2"]
+    cid = (engine.work / f"{name}.cid").read_text().strip()
+    mine = [d for d in engine.decisions() if d.get("id") == cid]
+    assert [d.get("event") for d in mine] == ["prestart"], engine.decisions()
+    record = mine[0]
+    assert record.get("decision") == "applied"
+    assert record.get("device_ids") == ["2"]
+    pid = record.get("pid")
+    assert isinstance(pid, int) and pid > 1, record
+    bundle = str(record.get("bundle", ""))
+    assert bundle.startswith(str(engine.work / "storage")) and cid in bundle, bundle
 
 
 def test_an_unknown_gpu_stops_the_container_naming_it(engine: Podman) -> None:

@@ -1,0 +1,70 @@
+"""The prestart hook's full path, for containers that may have asked for something: validate
+state and spec, compute the Plan, apply it, and log the decision (gpuhook/hook.py decides when)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from gpuhook.config import Config, load_config
+from gpuhook.decision_log import log_decision
+from gpuhook.errors import ApplyError, GpuhookError, InputError
+from gpuhook.pipeline import plan_for_spec
+from gpuhook.render import plan_json
+from gpuhook.request import extract_request
+from gpuhook.spec import decode_json, parse_spec, parse_state, read_limited
+
+MAX_STATE_BYTES = 1 << 20
+MAX_SPEC_BYTES = 16 << 20
+
+
+def run(config_path: str | None, state_raw: bytes, spec_raw: bytes | None) -> int:
+    """The full hook: validate state and spec, compute the Plan, apply it, log the decision."""
+    record: dict[str, Any] = {"event": "prestart"}
+    config: Config | None = None
+    try:
+        config = load_config(config_path)
+        return _decide_and_apply(config, state_raw, spec_raw, record)
+    except GpuhookError as e:
+        record.update(decision="refused", error=str(e))
+        print(f"gpuhook: {record.get('id', '?')}: {e}", file=sys.stderr)
+        return e.exit_code
+    finally:
+        if config is not None and len(record) > 1:
+            log_decision(config.log_file, record)
+
+
+def _decide_and_apply(config: Config, state_raw: bytes, spec_raw: bytes | None,
+                      record: dict[str, Any]) -> int:
+    if len(state_raw) > MAX_STATE_BYTES:
+        raise InputError(f"hook state on stdin is larger than {MAX_STATE_BYTES} bytes")
+    state = parse_state(state_raw)
+    record.update(id=state.id, pid=state.pid, bundle=state.bundle)
+    spec_path = os.path.join(state.bundle, "config.json")
+    if spec_raw is None:
+        spec_raw = read_limited(spec_path, MAX_SPEC_BYTES, "spec")
+    if len(spec_raw) > MAX_SPEC_BYTES:
+        raise InputError(f"spec {spec_path}: larger than {MAX_SPEC_BYTES} bytes")
+    spec = parse_spec(spec_raw, spec_path)
+    record["nvidia_env"] = dict(extract_request(spec, config.volume_mount_root).nvidia_env)
+    plan = plan_for_spec(spec, config)
+    summary = plan_json(plan)
+    record.update(decision="empty" if plan.empty else "apply", source=plan.source,
+                  device_ids=summary["device_ids"], ignored=summary["ignored"],
+                  devices=summary["devices"], notes=list(plan.notes))
+    if plan.empty:
+        return 0
+    root = spec.root_path or "rootfs"
+    rootfs = root if os.path.isabs(root) else os.path.join(state.bundle, root)
+    from gpuhook.apply import apply_plan
+
+    raw_spec = decode_json(spec_raw, spec_path)
+    assert isinstance(raw_spec, dict)
+    try:
+        record["applied"] = apply_plan(plan, state.pid, rootfs, raw_spec)
+    except ApplyError:
+        record["decision"] = "apply-failed"
+        raise
+    record["decision"] = "applied"
+    return 0

@@ -1,0 +1,56 @@
+"""The hook's json-free reader agrees with json, and refuses what json refuses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gpuhook.fastpath import loads, might_request
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    max_leaves=20,
+)
+
+
+@given(JSON, st.sampled_from(["", " ", "\n\t"]))
+def test_loads_equals_json_loads(value: object, ws: str) -> None:
+    data = (ws + json.dumps(value) + ws).encode()
+    assert loads(data) == json.loads(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"   ", b"{", b'{"a": 1} x', b"\xff{}", b'{"a": 1}{"b": 2}', b"[1,]", b"nul",
+     b"[" * 100000],
+    ids=["empty", "blank", "truncated", "trailing garbage", "not UTF-8", "two documents",
+         "trailing comma", "bad literal", "too deep"],
+)
+def test_loads_refuses_what_json_refuses(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        loads(data)
+
+
+@pytest.mark.parametrize(
+    ("spec", "want"),
+    [
+        pytest.param({"process": {"env": ["PATH=/bin"]}, "mounts": []}, False,
+                     id="plain container cannot request"),
+        pytest.param({"process": {"env": ["NVIDIA_VISIBLE_DEVICES=all"]}}, True,
+                     id="NVIDIA env may request"),
+        pytest.param({"process": {"env": ["CUDA_VERSION=12.0"]}}, True,
+                     id="legacy CUDA image may request"),
+        pytest.param({"process": {"env": []},
+                      "mounts": [{"source": "/dev/null", "destination": "/x"}]}, True,
+                     id="any dev null mount may be a device id"),
+        pytest.param({"process": {"env": "oops"}}, True, id="odd env goes to the full path"),
+        pytest.param({"mounts": []}, True, id="missing process goes to the full path"),
+        pytest.param([], True, id="non-object goes to the full path"),
+    ],
+)
+def test_might_request(spec: object, want: bool) -> None:
+    assert might_request(spec) is want

@@ -1,0 +1,502 @@
+"""gpuhook's benchmarks (issue 8): `bench/run [--reps N] [--only P1,P3] [--json FILE]`.
+
+Each measurement runs its series side by side (interleaved rounds, after warm-up rounds) and
+reports min / median / p95 / p99 in ms and the ratio or difference its target is stated in.
+Only the measured step is timed: container create/delete around a hook run is not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.measure import Result, Series, interleave, ratio, stats_ms, table, timed_run
+from bench.world import (
+    FAKE,
+    GPUHOOK,
+    MINIMAL_ENV,
+    PYTHON,
+    REPO,
+    RUNTIME,
+    Runc,
+    build_rootfs,
+    generate_node,
+    hook_argv,
+    make_bundle,
+    refresh,
+    state_json,
+    write_config,
+)
+
+MIG8_INV = FAKE / "inventories" / "8xa100-mig.yaml"
+MIG8_HOST = FAKE / "hosts" / "8xa100-mig"
+DEFAULT_JSON = REPO / "bench" / "results.json"
+
+
+class Bench:
+    def __init__(self, work: Path, reps: int, p5_rounds: int) -> None:
+        self.work = work
+        self.reps = reps
+        self.p5_rounds = p5_rounds
+        self.runc = Runc(work / "runc-root")
+        self._rootfs: Path | None = None
+
+    def path(self, name: str) -> Path:
+        return self.work / name
+
+    @property
+    def rootfs(self) -> Path:
+        if self._rootfs is None:
+            self._rootfs = build_rootfs(self.path("rootfs"))
+        return self._rootfs
+
+    def config(self, name: str, *, inventory: Path = MIG8_INV, host: Path = MIG8_HOST,
+               snapshot: bool = True, extra: dict[str, object] | None = None) -> Path:
+        cache = self.path(f"run-{name}/inventory.json") if snapshot else None
+        cfg = write_config(self.path(f"{name}.toml"), inventory, host,
+                           self.path(f"{name}.log"), cache, extra)
+        if snapshot:
+            refresh(cfg)
+        return cfg
+
+    def bundle(self, name: str, **kw: Any) -> Path:
+        return make_bundle(self.path(f"bundles/{name}"), self.rootfs, self.work, **kw)
+
+
+def runc_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (runc, mknod, cgroups)"
+    for tool in ("runc", "nsenter"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    if not Path("/bin/busybox").is_file():
+        return "busybox-static is not installed (/bin/busybox)"
+    return None
+
+
+def python_pass() -> Series:
+    return Series("python -c pass", timed_run([str(PYTHON), "-c", "pass"], env=MINIMAL_ENV))
+
+
+# --- P1 ----------------------------------------------------------------------------------------
+
+def p1(b: Bench) -> Result:
+    r = Result("P1", "hook, container with no GPU request vs `python -c pass`",
+               target="<= 1.5x (median)")
+    cfg = b.config("p1", snapshot=False)
+    bundle = b.bundle("p1", args=("true",))
+    hook = [str(GPUHOOK), "hook", "prestart", "--config", str(cfg)]
+    series = [python_pass(),
+              Series("gpuhook hook prestart (no request)",
+                     timed_run(hook, stdin=state_json(bundle), env=MINIMAL_ENV))]
+    interleave(series, b.reps)
+    r.series = {s.name: s.stats() for s in series}
+    base, hook_st = r.series["python -c pass"], r.series[series[1].name]
+    r.figures["ratio median"] = ratio(hook_st, base)
+    r.figures["ratio min"] = ratio(hook_st, base, "min")
+    r.figures["hook - python, median ms"] = hook_st["median"] - base["median"]
+    r.met = r.figures["ratio median"] <= 1.5
+    return r
+
+
+# --- import profile ----------------------------------------------------------------------------
+
+_IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
+
+
+def _imports(argv: list[str], stdin: bytes | None) -> dict[str, tuple[int, int, int]]:
+    """module -> (self us, cumulative us, depth) from `python -X importtime` (median of 5)."""
+    runs: list[dict[str, tuple[int, int, int]]] = []
+    for _ in range(5):
+        err = subprocess.run([str(PYTHON), "-X", "importtime", *argv], input=stdin,
+                             capture_output=True, env=MINIMAL_ENV, check=False).stderr.decode()
+        mods: dict[str, tuple[int, int, int]] = {}
+        for m in _IMPORT_LINE.finditer(err):
+            mods[m.group(4)] = (int(m.group(1)), int(m.group(2)), len(m.group(3)) // 2)
+        runs.append(mods)
+    out: dict[str, tuple[int, int, int]] = {}
+    for name in runs[0]:
+        vals = sorted((run[name] for run in runs if name in run), key=lambda v: v[1])
+        out[name] = vals[len(vals) // 2]
+    return out
+
+
+def importtime(b: Bench) -> Result:
+    r = Result("IMPORT", "python -X importtime: the hook's no-request path")
+    cfg = b.config("imp", snapshot=False)
+    bundle = b.bundle("imp", args=("true",))
+    base = _imports(["-c", "pass"], None)
+    hook = _imports([str(GPUHOOK), "hook", "prestart", "--config", str(cfg)],
+                    state_json(bundle))
+    extra = {k: v for k, v in hook.items() if k not in base}
+    r.figures["modules imported by python -c pass"] = len(base)
+    r.figures["modules imported by the hook"] = len(hook)
+    r.figures["self time of the added modules, ms"] = sum(v[0] for v in extra.values()) / 1000
+    r.figures["site (incl. .pth / editable finder), cumulative ms"] = \
+        hook.get("site", (0, 0, 0))[1] / 1000
+    top = sorted(hook.items(), key=lambda kv: kv[1][1], reverse=True)[:15]
+    r.figures["top 15 by cumulative (self us / cumulative us)"] = [
+        f"{'  ' * v[2]}{k}: {v[0]} / {v[1]}" for k, v in top]
+    added = sorted(extra.items(), key=lambda kv: kv[1][0], reverse=True)
+    r.figures["modules the hook adds, by self time (self us / cumulative us)"] = [
+        f"{k}: {v[0]} / {v[1]}" for k, v in added]
+    heavy = [m for m in ("click", "yaml", "pynvml", "tomllib", "gpuhook.config",
+                         "gpuhook.pipeline") if m in hook]
+    r.figures["heavy modules on the path"] = ", ".join(heavy) or "none"
+    return r
+
+
+# --- P2 ----------------------------------------------------------------------------------------
+
+def _created(b: Bench, bundle: Path) -> tuple[str, int]:
+    cid = b.runc.new_id("gpuhook-bench-p2")
+    b.runc.create(bundle, cid)
+    return cid, int(b.runc.state(cid)["pid"])
+
+
+def _check_applied(pid: int, minors: range) -> str | None:
+    """None when every /dev/nvidiaN exists in the container and its cgroup v1 allows it."""
+    dev = Path(f"/proc/{pid}/root/dev")
+    missing = [n for n in minors if not (dev / f"nvidia{n}").exists()]
+    if missing:
+        return f"nodes missing in the container: {missing}"
+    cg = ""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, ctrl, path = line.split(":", 2)
+        if "devices" in ctrl.split(","):
+            cg = path
+    allowed = Path(f"/sys/fs/cgroup/devices{cg}/devices.list").read_text().split("\n")
+    denied = [n for n in minors if f"c 195:{n} rwm" not in allowed]
+    return f"cgroup v1 does not allow minors {denied}" if denied else None
+
+
+def p2(b: Bench) -> Result:
+    r = Result("P2", "hook applying an 8-GPU request (8xa100-mig fake: nodes + cgroup v1 rules) "
+                     "vs `python -c pass`", target="<= 3x (median)")
+    reason = runc_reason()
+    if reason:
+        r.skipped = reason
+        return r
+    extra: dict[str, object] = {"allow-full-gpu-on-mig-enabled": True}
+    cfg = b.config("p2", extra=extra)
+    cfg_yaml = b.config("p2-nosnap", snapshot=False, extra=extra)
+    bundle = b.bundle("p2", args=("true",), request_ids=[str(i) for i in range(8)])
+    errors: list[str] = []
+
+    def hook_step(config: Path) -> Callable[[], int]:
+        def step() -> int:
+            cid, pid = _created(b, bundle)
+            try:
+                t0 = time.perf_counter_ns()
+                proc = subprocess.run([str(GPUHOOK), "hook", "prestart", "--config", str(config)],
+                                      input=state_json(bundle, pid, cid), capture_output=True,
+                                      env=MINIMAL_ENV, check=False)
+                elapsed = time.perf_counter_ns() - t0
+                if proc.returncode != 0:
+                    raise RuntimeError(f"hook exited {proc.returncode}: "
+                                       f"{proc.stderr.decode(errors='replace').strip()}")
+                if not errors:
+                    errors.append(_check_applied(pid, range(8)) or "")
+                return elapsed
+            finally:
+                b.runc.delete(cid)
+        return step
+
+    series = [python_pass(), Series("hook, 8 GPUs, fresh snapshot", hook_step(cfg)),
+              Series("hook, 8 GPUs, no snapshot (reads YAML)", hook_step(cfg_yaml))]
+    try:
+        interleave(series, b.reps, warmup=2)
+    except RuntimeError as e:
+        r.skipped = f"the hook failed: {e}"
+        return r
+    r.series = {s.name: s.stats() for s in series}
+    base = r.series["python -c pass"]
+    r.figures["ratio median (snapshot)"] = ratio(r.series[series[1].name], base)
+    r.figures["ratio median (no snapshot)"] = ratio(r.series[series[2].name], base)
+    r.figures["applied check"] = errors[0] or "8 nodes present, cgroup v1 allows 195:0-7 rwm"
+    r.met = r.figures["ratio median (snapshot)"] <= 3 and not errors[0]
+    r.notes.append("each repetition: `runc create` (not timed) -> hook with the container's "
+                   "state on stdin (timed) -> `runc delete -f` (not timed): every hook run "
+                   "applies to a fresh container, nothing pre-exists")
+    return r
+
+
+# --- P3 ----------------------------------------------------------------------------------------
+
+def _run_step(b: Bench, bundle: Path, binary: str | None = None,
+              env: dict[str, str] | None = None, restore: bytes | None = None,
+              command: str = "run") -> Callable[[], int]:
+    def step() -> int:
+        if restore is not None:
+            (bundle / "config.json").write_bytes(restore)
+        cid = b.runc.new_id()
+        argv = b.runc.argv(command, "-b", str(bundle), cid, binary=binary)
+        with tempfile.TemporaryFile() as err:
+            # A created container's init keeps runc's stdio: a pipe would never reach EOF.
+            t0 = time.perf_counter_ns()
+            proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=err,
+                                  env=env or MINIMAL_ENV, check=False, stdin=subprocess.DEVNULL)
+            elapsed = time.perf_counter_ns() - t0
+            if command != "run" or proc.returncode != 0:
+                b.runc.delete(cid)
+            if proc.returncode != 0:
+                err.seek(0)
+                raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: "
+                                   f"{err.read().decode(errors='replace').strip()[-400:]}")
+        return elapsed
+    return step
+
+
+def p3(b: Bench) -> Result:
+    r = Result("P3", "`runc run` busybox `true`: with the gpuhook prestart hook vs without",
+               target="+ <= 25 ms (median)")
+    reason = runc_reason()
+    if reason:
+        r.skipped = reason
+        return r
+    cfg = b.config("p3", snapshot=False)
+    plain = b.bundle("p3-plain", args=("true",))
+    hooked = b.bundle("p3-hook", args=("true",), hook=hook_argv(cfg))
+    series = [Series("runc run true", _run_step(b, plain)),
+              Series("runc run true + gpuhook hook", _run_step(b, hooked))]
+    interleave(series, b.reps)
+    r.series = {s.name: s.stats() for s in series}
+    a, base = r.series[series[1].name], r.series[series[0].name]
+    r.figures["added median ms"] = a["median"] - base["median"]
+    r.figures["added min ms"] = a["min"] - base["min"]
+    r.figures["ratio median"] = ratio(a, base)
+    r.met = r.figures["added median ms"] <= 25
+    return r
+
+
+# --- P4 ----------------------------------------------------------------------------------------
+
+def p4(b: Bench) -> Result:
+    r = Result("P4", "decision (`gpuhook dry-run --json`): 64 GPUs x 7 MIG vs 1 GPU x 7 MIG",
+               target="<= 1.2x (median, with the inventory snapshot)")
+    rows = []
+    for name, gpus in (("big", 64), ("small", 1)):
+        inv, host = generate_node(b.path(f"node-{name}"), gpus, 7)
+        last_mig = f"{gpus - 1}:6"
+        bundle = b.bundle(f"p4-{name}", args=("true",), request_ids=[last_mig])
+        for snap in (True, False):
+            cfg = b.config(f"p4-{name}-{'snap' if snap else 'yaml'}", inventory=inv, host=host,
+                           snapshot=snap)
+            label = (f"{gpus} GPU{'s' if gpus > 1 else ''} x 7 MIG, request {last_mig}, "
+                     f"{'snapshot' if snap else 'YAML'}")
+            rows.append(Series(label, timed_run([str(GPUHOOK), "dry-run", str(bundle),
+                                                 "--config", str(cfg), "--json"],
+                                                env=MINIMAL_ENV)))
+    interleave(rows, b.reps)
+    r.series = {s.name: s.stats() for s in rows}
+    big_snap, big_yaml, small_snap, small_yaml = (r.series[s.name] for s in rows)
+    r.figures["ratio median, snapshot (the start path)"] = ratio(big_snap, small_snap)
+    r.figures["ratio median, YAML backend read each time"] = ratio(big_yaml, small_yaml)
+    r.met = r.figures["ratio median, snapshot (the start path)"] <= 1.2
+    r.notes.append("both inventories: A100s with seven 1g.5gb MIG instances each, so the request "
+                   "(the last GPU's last MIG device) is the same kind; mig-minors lists all "
+                   "possible minors (2 + 135 per GPU) like the driver's")
+    return r
+
+
+# --- P5 ----------------------------------------------------------------------------------------
+
+_P5_PROBE = ('for f in /dev/nvidia* /dev/nvidia-caps/*; do [ -c "$f" ] || continue; '
+             'r=$( (exec 3<"$f") 2>&1 ) && r=OK; echo "NODE|$f|$r"; done; echo DONE')
+# 6 full GPUs (2..7) and the 10 MIG devices of GPUs 0 and 1.
+P5_POOL = [str(i) for i in range(2, 8)] + [f"0:{m}" for m in range(3)] + \
+          [f"1:{m}" for m in range(7)]
+
+
+def p5_subsets(n: int = 32) -> list[list[str]]:
+    """n different non-empty subsets of P5_POOL (1 to 4 devices), deterministic."""
+    out: list[list[str]] = []
+    k = 0
+    while len(out) < n:
+        size = 1 + k % 4
+        start = (k * 5) % len(P5_POOL)
+        subset = sorted({P5_POOL[(start + j * 3) % len(P5_POOL)] for j in range(size)})
+        if subset not in out:
+            out.append(subset)
+        k += 1
+    return out
+
+
+def _expected_nodes(cfg: Path, bundle: Path) -> set[str]:
+    out = subprocess.run([str(GPUHOOK), "dry-run", str(bundle), "--config", str(cfg), "--json"],
+                         check=True, capture_output=True, env=MINIMAL_ENV).stdout
+    return {n["path"] for n in json.loads(out)["device_nodes"]
+            if n["path"].startswith(("/dev/nvidia", "/dev/nvidia-caps/"))}
+
+
+def p5(b: Bench) -> Result:
+    r = Result("P5", "32 concurrent `runc run` with the hook, each a different GPU/MIG subset",
+               target="32/32 correct and p99 <= 3x p50")
+    reason = runc_reason()
+    if reason:
+        r.skipped = reason
+        return r
+    cfg = b.config("p5")
+    subsets = p5_subsets()
+    bundles = [b.bundle(f"p5-{i}", args=("sh", "-c", _P5_PROBE), request_ids=s,
+                        hook=hook_argv(cfg)) for i, s in enumerate(subsets)]
+    expected = [_expected_nodes(cfg, bd) for bd in bundles]
+    samples: list[int] = []
+    failures: list[str] = []
+    correct_per_round: list[int] = []
+    for rnd in range(b.p5_rounds):
+        outputs: list[tuple[int, int, str, str]] = [(0, 0, "", "")] * len(bundles)
+
+        def start(i: int, rnd: int = rnd,
+                  outputs: list[tuple[int, int, str, str]] = outputs) -> None:
+            cid = b.runc.new_id(f"gpuhook-bench-p5-{rnd}")
+            t0 = time.perf_counter_ns()
+            proc = subprocess.run(b.runc.argv("run", "-b", str(bundles[i]), cid),
+                                  capture_output=True, env=MINIMAL_ENV, check=False,
+                                  stdin=subprocess.DEVNULL, text=True)
+            outputs[i] = (time.perf_counter_ns() - t0, proc.returncode, proc.stdout, proc.stderr)
+            if proc.returncode != 0:
+                b.runc.delete(cid)
+
+        threads = [threading.Thread(target=start, args=(i,)) for i in range(len(bundles))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        correct = 0
+        for i, (ns, rc, out, err) in enumerate(outputs):
+            samples.append(ns)
+            seen = {line.split("|")[1]: line.split("|")[2] for line in out.splitlines()
+                    if line.startswith("NODE|")}
+            gpu_nodes = {p for p in seen if p != "/dev/nvidiactl"}
+            want = expected[i]
+            bad_open = {p: v for p, v in seen.items() if "No such device or address" not in v}
+            if rc == 0 and "DONE" in out and set(seen) == want and not bad_open:
+                correct += 1
+            else:
+                failures.append(f"round {rnd} #{i} {subsets[i]}: rc {rc}, expected "
+                                f"{sorted(want)}, saw {sorted(gpu_nodes)}, opens not ENXIO: "
+                                f"{bad_open}, stderr {err.strip()[-200:]}")
+        correct_per_round.append(correct)
+    st = stats_ms(samples)
+    r.series = {f"runc run + hook, 32 at once x {b.p5_rounds} rounds": st}
+    r.figures["correct per round"] = " ".join(f"{c}/32" for c in correct_per_round)
+    r.figures["p99 / p50"] = st["p99"] / st["median"]
+    r.figures["leftover containers"] = len([c for c in b.runc.leftovers()
+                                            if c.startswith("gpuhook-bench-p5")])
+    r.met = all(c == len(bundles) for c in correct_per_round) and \
+        r.figures["p99 / p50"] <= 3
+    r.notes.extend(failures[:5])
+    r.notes.append("correct = the container's /dev/nvidia* and /dev/nvidia-caps/* char devices "
+                   "are exactly the dry-run plan's nodes for its subset, and each opens with "
+                   "ENXIO (cgroup allows, no driver); subsets mix full GPUs 2-7 and the MIG "
+                   "devices of GPUs 0-1")
+    return r
+
+
+# --- the runtime shim --------------------------------------------------------------------------
+
+def shim(b: Bench) -> Result:
+    r = Result("SHIM", "gpuhook-runtime (spec mode) vs plain runc: create and run, no-GPU and "
+                       "GPU spec")
+    reason = runc_reason()
+    if reason:
+        r.skipped = reason
+        return r
+    cfg = b.config("shim", extra={"allow-full-gpu-on-mig-enabled": True})
+    env = {**MINIMAL_ENV, "GPUHOOK_CONFIG": str(cfg)}
+    nogpu = b.bundle("shim-nogpu", args=("true",))
+    gpu = b.bundle("shim-gpu", args=("true",), request_ids=["2", "3"])
+    gpu_spec = (gpu / "config.json").read_bytes()
+    rt = str(RUNTIME)
+    series = []
+    for command in ("create", "run"):
+        series += [
+            Series(f"runc {command}, no GPU", _run_step(b, nogpu, command=command)),
+            Series(f"gpuhook-runtime {command}, no GPU",
+                   _run_step(b, nogpu, rt, env, command=command)),
+            Series(f"runc {command}, GPU spec (2 GPUs)",
+                   _run_step(b, gpu, restore=gpu_spec, command=command)),
+            Series(f"gpuhook-runtime {command}, GPU spec (2 GPUs)",
+                   _run_step(b, gpu, rt, env, restore=gpu_spec, command=command)),
+        ]
+    interleave(series, b.reps, warmup=2)
+    (gpu / "config.json").write_bytes(gpu_spec)
+    r.series = {s.name: s.stats() for s in series}
+    for command in ("create", "run"):
+        for kind in ("no GPU", "GPU spec (2 GPUs)"):
+            a = r.series[f"gpuhook-runtime {command}, {kind}"]
+            base = r.series[f"runc {command}, {kind}"]
+            r.figures[f"{command}, {kind}: added median ms"] = a["median"] - base["median"]
+            r.figures[f"{command}, {kind}: ratio median"] = ratio(a, base)
+    r.notes.append("GPU spec: the shim writes linux.devices + allow rules into config.json "
+                   "(restored before every repetition, not timed) and execs runc, which creates "
+                   "the nodes; plain runc runs the same bundle without devices")
+    return r
+
+
+MEASUREMENTS: dict[str, Callable[[Bench], Result]] = {
+    "P1": p1, "IMPORT": importtime, "P2": p2, "P3": p3, "P4": p4, "P5": p5, "SHIM": shim,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench/run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=30, help="timed rounds per measurement (30)")
+    ap.add_argument("--only", default="", help="comma list of " + ",".join(MEASUREMENTS))
+    ap.add_argument("--p5-rounds", type=int, default=2, help="rounds of 32 concurrent starts")
+    ap.add_argument("--json", default=str(DEFAULT_JSON), help=f"output ({DEFAULT_JSON})")
+    args = ap.parse_args(argv)
+    wanted = [k.strip().upper() for k in args.only.split(",") if k.strip()] or list(MEASUREMENTS)
+    unknown = [k for k in wanted if k not in MEASUREMENTS]
+    if unknown:
+        ap.error(f"unknown measurement {', '.join(unknown)}; known: {', '.join(MEASUREMENTS)}")
+    if not PYTHON.exists() or not GPUHOOK.exists():
+        print(f"bench/run: {PYTHON} or {GPUHOOK} missing: run scripts/setup", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="gpuhook-bench-"))
+    os.chmod(work, 0o755)
+    bench = Bench(work, args.reps, args.p5_rounds)
+    results: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release,
+                    "python": str(PYTHON)},
+        "reps": args.reps, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "results": {}}
+    t_start = time.monotonic()
+    try:
+        for key in wanted:
+            t0 = time.monotonic()
+            try:
+                res = MEASUREMENTS[key](bench)
+            except Exception as e:
+                res = Result(key, "failed", skipped=f"{type(e).__name__}: {e}")
+            print(table(res), f"\n   ({time.monotonic() - t0:.1f} s)\n", flush=True)
+            results["results"][key] = res.to_json()
+    finally:
+        for cid in bench.runc.leftovers():
+            bench.runc.delete(cid)
+        shutil.rmtree(work, ignore_errors=True)
+    results["seconds"] = round(time.monotonic() - t_start, 1)
+    summary = [(k, v["target"], v["met"]) for k, v in results["results"].items() if v["target"]]
+    print("== summary")
+    for k, target, met in summary:
+        print(f"   {k:<6} {target:<48} {'MET' if met else 'NOT MET' if met is False else 'n/a'}")
+    Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    print(f"   wrote {args.json} ({results['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

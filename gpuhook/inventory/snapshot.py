@@ -11,15 +11,17 @@ recomputed on every use from cheap host reads under `host-root`:
 - the names of the whole `proc/driver/nvidia/capabilities/` tree (MIG mode changes and GI/CI
   creation or destruction add and remove `gpuN/mig/giG/ciC` entries there; mig-minors itself
   lists every possible minor and never changes),
-- the inventory source: `nvml`, or the fake YAML's absolute path, content digest, size and mtime
+- the inventory source: `nvml`, or the fake YAML's absolute path, content, size and mtime
   (so editing a fake inventory invalidates its snapshot, just as reconfiguring MIG does on a
   real node), and the absolute host-root.
 
-Any difference, an unreadable or malformed file, a snapshot not owned by root (or the caller),
-one readable or writable by group or others, or one in a directory others can write: the
-snapshot is not used and the backend is read instead. A missing file is recorded as `null`, so
-its appearance also counts as a change. procfs may give a file a new mtime when its inode is
-rebuilt; that only makes a snapshot stale, never wrongly fresh.
+Contents are recorded verbatim and compared exactly (no digest: nothing can collide, and the
+start path needs no hashlib/OpenSSL import). Any difference, an unreadable or malformed file,
+a snapshot not owned by root (or the caller), one readable or writable by group or others, or
+one in a directory others can write: the snapshot is not used and the backend is read instead.
+A missing file is recorded as `null`, so its appearance also counts as a change. procfs may
+give a file a new mtime when its inode is rebuilt; that only makes a snapshot stale, never
+wrongly fresh.
 
 `refresh` computes the key before and after reading the backend and writes only if both agree,
 so a reconfiguration during the read cannot produce a snapshot that claims the new state.
@@ -27,11 +29,9 @@ so a reconfiguration during the read cannot produce a snapshot that claims the n
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
-import tempfile
 import time
 from typing import Any
 
@@ -68,7 +68,7 @@ def freshness_key(config: Config) -> dict[str, Any]:
     """What the snapshot's validity depends on, read now. Raises GpuhookError when it cannot
     be read completely (which callers treat as doubt)."""
     host = HostPaths(config.host_root)
-    files = {rel: _digest(host.path(rel)) for rel in WATCHED_FILES}
+    files = {rel: _content(host.path(rel)) for rel in WATCHED_FILES}
     if all(files[rel] is None for rel in VERSION_FILES):
         raise HostError(f"neither {host.path(VERSION_FILES[0])} nor {host.path(VERSION_FILES[1])} "
                         "exists: is the NVIDIA driver loaded?")
@@ -78,7 +78,7 @@ def freshness_key(config: Config) -> dict[str, Any]:
         "files": files,
         "mig_minors_mtime_ns": _mtime_ns(host.path(MIG_MINORS)),
         "gpus": _names(host.path(GPUS_DIR)),
-        "capabilities": _tree_digest(host.path(CAPABILITIES_DIR)),
+        "capabilities": _tree_names(host.path(CAPABILITIES_DIR)),
     }
 
 
@@ -89,22 +89,31 @@ def source_key(inventory: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
-            data = f.read(MAX_WATCHED_BYTES)
+            data = f.read(MAX_WATCHED_BYTES + 1)
     except OSError as e:
         raise HostError(f"inventory {path}: {e.strerror}") from None
-    return {"backend": "file", "path": path, "sha256": hashlib.sha256(data).hexdigest(),
-            "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if len(data) > MAX_WATCHED_BYTES:
+        raise HostError(f"inventory {path} is larger than {MAX_WATCHED_BYTES} bytes")
+    return {"backend": "file", "path": path, "content": _text(data), "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns}
 
 
-def _digest(path: str) -> str | None:
+def _content(path: str) -> str | None:
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_WATCHED_BYTES)
+            data = f.read(MAX_WATCHED_BYTES + 1)
     except FileNotFoundError:
         return None
     except OSError as e:
         raise HostError(f"cannot read {path}: {e.strerror}") from None
-    return hashlib.sha256(data).hexdigest()
+    if len(data) > MAX_WATCHED_BYTES:
+        raise HostError(f"{path} is larger than {MAX_WATCHED_BYTES} bytes")
+    return _text(data)
+
+
+def _text(data: bytes) -> str:
+    # surrogateescape: any bytes round-trip through JSON and still compare exactly.
+    return data.decode("utf-8", "surrogateescape")
 
 
 def _mtime_ns(path: str) -> int | None:
@@ -125,8 +134,8 @@ def _names(path: str) -> list[str] | None:
         raise HostError(f"cannot list {path}: {e.strerror}") from None
 
 
-def _tree_digest(path: str) -> str | None:
-    """Digest of every name (with d/f/l kind) below `path`; names only, no file is opened."""
+def _tree_names(path: str) -> str | None:
+    """Every name (with d/f/l kind) below `path`, sorted, one per line; no file is opened."""
     entries: list[str] = []
     stack = [""]
     try:
@@ -151,7 +160,7 @@ def _tree_digest(path: str) -> str | None:
         if len(entries) > MAX_TREE_ENTRIES:
             raise HostError(f"{path} has more than {MAX_TREE_ENTRIES} entries")
     entries.sort()
-    return hashlib.sha256("\n".join(entries).encode()).hexdigest()
+    return "\n".join(entries)
 
 
 # --- building and writing ----------------------------------------------------------------------
@@ -191,6 +200,8 @@ def write_snapshot(path: str, snapshot: dict[str, Any]) -> None:
         raise HostError(f"{directory}: must be a directory owned by uid {os.geteuid()} and "
                         f"not writable by group or others (is {stat.filemode(st.st_mode)}, "
                         f"uid {st.st_uid})")
+    import tempfile  # only `refresh` writes
+
     data = json.dumps(snapshot, indent=1, sort_keys=True).encode() + b"\n"
     fd, tmp = tempfile.mkstemp(prefix=".inventory-", suffix=".tmp", dir=directory)
     try:

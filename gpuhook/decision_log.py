@@ -6,7 +6,12 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
+
+from gpuhook.plan import Plan
+from gpuhook.render import plan_json
+from gpuhook.request import loggable_env
 
 
 def log_decision(path: str, record: dict[str, Any]) -> None:
@@ -24,3 +29,12 @@ def log_decision(path: str, record: dict[str, Any]) -> None:
             os.close(fd)
     except OSError as e:
         print(f"gpuhook: warning: cannot write log {path}: {e.strerror}", file=sys.stderr)
+
+
+def plan_record(plan: Plan, env: Mapping[str, str]) -> dict[str, Any]:
+    """What the log says about a plan (hook and shim alike)."""
+    summary = plan_json(plan)
+    return {"decision": "empty" if plan.empty else "apply", "source": plan.source,
+            "device_ids": summary["device_ids"], "ignored": summary["ignored"],
+            "devices": summary["devices"], "notes": list(plan.notes),
+            "nvidia_env": loggable_env(env)}

@@ -8,12 +8,10 @@ import sys
 from typing import Any
 
 from gpuhook.config import Config, load_config
-from gpuhook.decision_log import log_decision
+from gpuhook.decision_log import log_decision, plan_record
 from gpuhook.errors import ApplyError, GpuhookError, InputError
 from gpuhook.pipeline import plan_for_spec
-from gpuhook.render import plan_json
-from gpuhook.request import extract_request
-from gpuhook.spec import decode_json, parse_spec, parse_state, read_limited
+from gpuhook.spec import parse_spec, parse_state, read_limited
 
 MAX_STATE_BYTES = 1 << 20
 MAX_SPEC_BYTES = 16 << 20
@@ -47,22 +45,16 @@ def _decide_and_apply(config: Config, state_raw: bytes, spec_raw: bytes | None,
     if len(spec_raw) > MAX_SPEC_BYTES:
         raise InputError(f"spec {spec_path}: larger than {MAX_SPEC_BYTES} bytes")
     spec = parse_spec(spec_raw, spec_path)
-    record["nvidia_env"] = dict(extract_request(spec, config.volume_mount_root).nvidia_env)
     plan = plan_for_spec(spec, config)
-    summary = plan_json(plan)
-    record.update(decision="empty" if plan.empty else "apply", source=plan.source,
-                  device_ids=summary["device_ids"], ignored=summary["ignored"],
-                  devices=summary["devices"], notes=list(plan.notes))
+    record.update(plan_record(plan, spec.env))
     if plan.empty:
         return 0
     root = spec.root_path or "rootfs"
     rootfs = root if os.path.isabs(root) else os.path.join(state.bundle, root)
     from gpuhook.apply import apply_plan
 
-    raw_spec = decode_json(spec_raw, spec_path)
-    assert isinstance(raw_spec, dict)
     try:
-        record["applied"] = apply_plan(plan, state.pid, rootfs, raw_spec)
+        record["applied"] = apply_plan(plan, state.pid, rootfs)
     except ApplyError:
         record["decision"] = "apply-failed"
         raise

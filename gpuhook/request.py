@@ -57,7 +57,6 @@ class Request:
     requirements: tuple[tuple[str, str], ...]  # (env name, expression)
     mig_monitor_env: str | None
     mig_config_env: str | None
-    nvidia_env: Mapping[str, str]  # the NVIDIA_* / CUDA_VERSION keys only: safe to log
 
     @property
     def anything(self) -> bool:
@@ -84,9 +83,12 @@ def extract_request(spec: SpecView, volume_mount_root: str) -> Request:
         requirements=requirements(env, legacy=bool(env_devices and env_devices.legacy)),
         mig_monitor_env=env.get(ENV_MIG_MONITOR),
         mig_config_env=env.get(ENV_MIG_CONFIG),
-        nvidia_env={k: v for k, v in env.items()
-                    if k.startswith("NVIDIA_") or k == ENV_CUDA_VERSION},
     )
+
+
+def loggable_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The env keys gpuhook acts on, and only those: the rest may hold secrets."""
+    return {k: v for k, v in env.items() if k.startswith("NVIDIA_") or k == ENV_CUDA_VERSION}
 
 
 def privilege(spec: SpecView) -> tuple[bool, str]:

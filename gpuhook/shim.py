@@ -185,16 +185,14 @@ def prepare_bundle(bundle: str, config: Any, record: dict[str, Any]) -> str:
         quick = None  # the validating parser names the problem
     if quick is not None and not might_request(quick):
         return "untouched"
+    from gpuhook.decision_log import plan_record
     from gpuhook.pipeline import plan_for_spec
-    from gpuhook.render import plan_json
     from gpuhook.spec import decode_json, parse_spec
 
-    plan = plan_for_spec(parse_spec(raw, path), config)
-    summary = plan_json(plan)
-    record.update(source=plan.source, device_ids=summary["device_ids"],
-                  ignored=summary["ignored"], devices=summary["devices"], mode=config.mode)
+    view = parse_spec(raw, path)
+    plan = plan_for_spec(view, config)
+    record.update(plan_record(plan, view.env), mode=config.mode)
     if plan.empty and not plan.env:
-        record["decision"] = "empty"
         return "untouched"
     spec = decode_json(raw, path)
     assert isinstance(spec, dict)  # parse_spec checked it

@@ -22,10 +22,9 @@ from gpuhook.errors import ApplyError
 from gpuhook.plan import CgroupRule, Plan
 
 
-def apply_plan(plan: Plan, pid: int, rootfs: str, spec: dict[str, Any]) -> list[str]:
+def apply_plan(plan: Plan, pid: int, rootfs: str) -> list[str]:
     """Apply `plan` to the container whose init is `pid`; return what was done, for the log.
     Raises ApplyError, leaving no widened access behind."""
-    del spec  # the plan already holds everything; kept for the hook's stable call
     if plan.empty:
         return []
     return apply_to(plan, pid, rootfs, cgroup.find_device_cgroup(pid))

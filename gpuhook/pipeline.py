@@ -6,7 +6,7 @@ asks for nothing costs no NVML and no YAML.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from gpuhook.config import Config
 from gpuhook.errors import HostError
@@ -30,10 +30,11 @@ InventoryLoader = Callable[[Config], Inventory]
 _NO_HOST = HostInfo(Majors(frontend=0, uvm=0, caps=None))
 
 
-def _default_loader(config: Config) -> tuple[Inventory, str]:
-    from gpuhook.inventory.load import load_inventory_noted
+def _default_loader(config: Config) -> tuple[Inventory, str, Mapping[str, int] | None]:
+    from gpuhook.inventory.load import load_for_plan
 
-    return load_inventory_noted(config)  # the snapshot if fresh, else the backend; noted
+    # The snapshot if fresh (with its parsed mig-minors), else the backend; noted either way.
+    return load_for_plan(config)
 
 
 def plan_for_spec(spec: SpecView, config: Config,
@@ -41,9 +42,10 @@ def plan_for_spec(spec: SpecView, config: Config,
     decision = decide(extract_request(spec, config.volume_mount_root), config)
     devices: tuple[Resolved, ...] = ()
     notes: list[str] = []
+    minors: Mapping[str, int] | None = None
     if decision.device_ids:
         if load_inventory is None:
-            inv, origin = _default_loader(config)
+            inv, origin, minors = _default_loader(config)
             notes.append(origin)
         else:
             inv = load_inventory(config)
@@ -59,5 +61,6 @@ def plan_for_spec(spec: SpecView, config: Config,
         if majors.caps is None:
             raise HostError(f"{host.path('proc/devices')} lists no nvidia-caps major, needed "
                             f"for {', '.join(names)}; is the driver MIG-capable?")
-        caps = read_capabilities(host, names, read_mig_minors(host))
+        caps = read_capabilities(host, names,
+                                 read_mig_minors(host) if minors is None else minors)
     return build_plan(decision, devices, HostInfo(majors, caps), tuple(notes))

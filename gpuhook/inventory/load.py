@@ -23,15 +23,24 @@ def load_inventory_noted(config: Config, read: Callable[[Config], Inventory] | N
                          ) -> tuple[Inventory, str]:
     """The inventory and a note saying where it came from (and why not the snapshot).
     `read` replaces the backend (tests count its calls)."""
-    from gpuhook.inventory.snapshot import StaleSnapshot, fresh_inventory
+    inventory, note, _ = load_for_plan(config, read)
+    return inventory, note
+
+
+def load_for_plan(config: Config, read: Callable[[Config], Inventory] | None = None,
+                  ) -> tuple[Inventory, str, dict[str, int] | None]:
+    """Also mig-minors as the fresh snapshot parsed them (its key holds the file verbatim, so
+    they are the host's now); None: the plan must read the host's mig-minors itself."""
+    from gpuhook.inventory.snapshot import StaleSnapshot, fresh_snapshot
 
     try:
-        inventory = fresh_inventory(config)
+        inventory, minors = fresh_snapshot(config)
     except StaleSnapshot as e:
         why = str(e)
     else:
-        return inventory, f"inventory: fresh snapshot {config.inventory_cache}"
-    return (read or read_backend)(config), f"inventory: read {_backend_name(config)} ({why})"
+        return inventory, f"inventory: fresh snapshot {config.inventory_cache}", minors
+    return ((read or read_backend)(config),
+            f"inventory: read {_backend_name(config)} ({why})", None)
 
 
 def read_backend(config: Config) -> Inventory:

@@ -56,6 +56,7 @@ WATCHED_FILES = (*VERSION_FILES, PROC_DEVICES, MIG_MINORS, BOOT_ID)
 MAX_SNAPSHOT_BYTES = 64 << 20
 MAX_WATCHED_BYTES = 16 << 20
 MAX_TREE_ENTRIES = 100_000
+TREE_DEPTH = 4  # lists capabilities/, gpuN/, gpuN/mig/, gpuN/mig/giG/ (ciC: names only)
 
 
 class StaleSnapshot(Exception):
@@ -135,30 +136,38 @@ def _names(path: str) -> list[str] | None:
 
 
 def _tree_names(path: str) -> str | None:
-    """Every name (with d/f/l kind) below `path`, sorted, one per line; no file is opened."""
+    """Every path below `path` down to TREE_DEPTH levels, sorted, one per line: names only, no
+    file is opened. For the capabilities tree that is gpuN/mig/giG/ciC; a ciC dir holds only its
+    `access` file, which comes and goes with the dir."""
     entries: list[str] = []
-    stack = [""]
+    level = [""]
     try:
         os.stat(path)
     except FileNotFoundError:
         return None
     except OSError as e:
         raise HostError(f"cannot stat {path}: {e.strerror}") from None
-    while stack:
-        rel = stack.pop()
-        try:
-            with os.scandir(os.path.join(path, rel) if rel else path) as it:
-                for entry in it:
-                    name = f"{rel}/{entry.name}" if rel else entry.name
-                    if entry.is_dir(follow_symlinks=False):
-                        entries.append("d " + name)
-                        stack.append(name)
-                    else:
-                        entries.append(("l " if entry.is_symlink() else "f ") + name)
-        except OSError as e:
-            raise HostError(f"cannot list {path}/{rel}: {e.strerror}") from None
+    for depth in range(TREE_DEPTH):
+        last = depth == TREE_DEPTH - 1
+        below: list[str] = []
+        for rel in level:
+            prefix = rel + "/" if rel else ""
+            where = path + "/" + rel if rel else path
+            try:
+                if last:  # no descent below: names suffice, and listdir is cheaper
+                    entries.extend(prefix + name for name in os.listdir(where))
+                    continue
+                with os.scandir(where) as it:
+                    for entry in it:
+                        name = prefix + entry.name
+                        entries.append(name)
+                        if entry.is_dir(follow_symlinks=False):
+                            below.append(name)
+            except OSError as e:
+                raise HostError(f"cannot list {where}: {e.strerror}") from None
         if len(entries) > MAX_TREE_ENTRIES:
             raise HostError(f"{path} has more than {MAX_TREE_ENTRIES} entries")
+        level = below
     entries.sort()
     return "\n".join(entries)
 
@@ -169,15 +178,15 @@ def build_snapshot(config: Config, read_backend: Any) -> dict[str, Any]:
     """Read the backend between two freshness keys; the snapshot only if both keys agree."""
     before = freshness_key(config)
     inventory: Inventory = read_backend(config)
-    host = HostPaths(config.host_root)
-    devices = parse_proc_devices(host.read_text(PROC_DEVICES))
-    minors_path = host.path(MIG_MINORS)
-    minors = parse_mig_minors(host.read_text(MIG_MINORS)) if os.path.exists(minors_path) else {}
     after = freshness_key(config)
     if before != after:
         changed = sorted(k for k in before if before[k] != after.get(k))
         raise HostError("the host changed while the inventory was read (" + ", ".join(changed)
                         + "); run `gpuhook inventory refresh` again")
+    # Parsed from exactly the contents the key records, so they can never disagree.
+    devices = parse_proc_devices(after["files"][PROC_DEVICES] or "")
+    minors_text = after["files"][MIG_MINORS]
+    minors = parse_mig_minors(minors_text) if minors_text is not None else {}
     return {
         "format": FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -202,7 +211,7 @@ def write_snapshot(path: str, snapshot: dict[str, Any]) -> None:
                         f"uid {st.st_uid})")
     import tempfile  # only `refresh` writes
 
-    data = json.dumps(snapshot, indent=1, sort_keys=True).encode() + b"\n"
+    data = json.dumps(snapshot, separators=(",", ":"), sort_keys=True).encode() + b"\n"
     fd, tmp = tempfile.mkstemp(prefix=".inventory-", suffix=".tmp", dir=directory)
     try:
         os.fchmod(fd, 0o600)
@@ -272,6 +281,13 @@ def _check_owner(path: str, st: os.stat_result, file: bool) -> None:
 def fresh_inventory(config: Config) -> Inventory:
     """The snapshot's inventory when the snapshot is trustworthy and its key matches the host
     now; StaleSnapshot naming the first reason otherwise."""
+    return fresh_snapshot(config)[0]
+
+
+def fresh_snapshot(config: Config) -> tuple[Inventory, dict[str, int] | None]:
+    """(inventory, mig-minors as parsed at refresh, None when the host had none) when the
+    snapshot is trustworthy and its key (which holds mig-minors verbatim) matches the host now;
+    StaleSnapshot naming the first reason otherwise."""
     path = config.inventory_cache
     doc = read_snapshot(path)
     recorded = doc.get("key")
@@ -287,9 +303,16 @@ def fresh_inventory(config: Config) -> Inventory:
         what = [_describe(k, recorded.get(k), current.get(k)) for k in changed]
         raise StaleSnapshot(f"{path} is stale: {', '.join(what)} changed")
     try:
-        return Inventory.from_dict(doc.get("inventory"), f"snapshot {path}")
+        inventory = Inventory.from_dict(doc.get("inventory"), f"snapshot {path}")
     except GpuhookError as e:
         raise StaleSnapshot(str(e)) from None
+    if current["files"][MIG_MINORS] is None:
+        return inventory, None
+    minors = doc.get("mig_minors")
+    if not isinstance(minors, dict) or not all(
+            type(v) is int and v >= 0 for v in minors.values()):
+        raise StaleSnapshot(f"{path}: mig_minors must map names to minors")
+    return inventory, minors
 
 
 def _describe(key: str, was: object, now: object) -> str:

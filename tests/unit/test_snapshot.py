@@ -21,7 +21,8 @@ from click.testing import CliRunner
 from gpuhook.cli import cli
 from gpuhook.config import Config
 from gpuhook.errors import HostError, ResolveError
-from gpuhook.inventory.load import load_inventory_noted, read_backend
+from gpuhook.host import HostPaths, read_mig_minors
+from gpuhook.inventory.load import load_for_plan, load_inventory_noted, read_backend
 from gpuhook.inventory.model import Inventory
 from gpuhook.inventory.snapshot import (
     FORMAT,
@@ -266,6 +267,22 @@ def test_plan_notes_a_fresh_snapshot(node: Node) -> None:
     assert f"inventory: fresh snapshot {node.cache}" in plan.notes
 
 
+def test_fresh_snapshot_gives_the_plan_the_hosts_mig_minors(node: Node) -> None:
+    node.refresh()
+    inventory, _, minors = load_for_plan(node.config, node.backend)
+    assert inventory == read_backend(node.config)
+    assert node.reads == []
+    assert minors == read_mig_minors(HostPaths(str(node.host)))
+
+
+def test_stale_snapshot_leaves_mig_minors_to_the_host(node: Node) -> None:
+    node.refresh()
+    _touch_mig_minors(node)
+    _, _, minors = load_for_plan(node.config, node.backend)
+    assert node.reads == [str(node.yaml)]
+    assert minors is None
+
+
 # --- a snapshot file that is not trustworthy is ignored -----------------------------------------
 
 def _corrupt(text: str) -> Callable[[Node], None]:
@@ -312,6 +329,12 @@ def _bad_gpu(doc: dict[str, object]) -> None:
     inv["gpus"][0]["uuid"] = "not-a-uuid"
 
 
+def _bad_minors(doc: dict[str, object]) -> None:
+    minors = doc["mig_minors"]
+    assert isinstance(minors, dict)
+    minors["monitor"] = "2"
+
+
 UNTRUSTED = [
     pytest.param(_corrupt("{\"format\": "), "not valid JSON", id="truncated JSON is ignored"),
     pytest.param(_corrupt("\x00\xff garbage"), "not valid JSON", id="binary garbage is ignored"),
@@ -322,6 +345,8 @@ UNTRUSTED = [
                  id="a snapshot without a key is ignored"),
     pytest.param(_edit_doc(_bad_gpu), "must start with 'GPU-'",
                  id="a snapshot with an invalid inventory is ignored"),
+    pytest.param(_edit_doc(_bad_minors), "mig_minors must map",
+                 id="a snapshot with a non-integer minor is ignored"),
     pytest.param(_chmod(0o644), "mode", id="a world-readable snapshot is ignored"),
     pytest.param(_chmod(0o620), "mode", id="a group-writable snapshot is ignored"),
     pytest.param(_chown_nobody, "owned by uid 65534", id="a snapshot owned by nobody is ignored"),

@@ -55,6 +55,7 @@ GPUS_DIR = "proc/driver/nvidia/gpus"
 WATCHED_FILES = (*VERSION_FILES, PROC_DEVICES, MIG_MINORS, BOOT_ID)
 MAX_SNAPSHOT_BYTES = 64 << 20
 MAX_WATCHED_BYTES = 16 << 20
+READ_CHUNK = 1 << 16
 MAX_TREE_ENTRIES = 100_000
 TREE_DEPTH = 4  # lists capabilities/, gpuN/, gpuN/mig/, gpuN/mig/giG/ (ciC: names only)
 
@@ -88,28 +89,37 @@ def source_key(inventory: str) -> dict[str, Any]:
         return {"backend": NVML}
     path = os.path.abspath(inventory)
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb", buffering=0) as f:
             st = os.fstat(f.fileno())
-            data = f.read(MAX_WATCHED_BYTES + 1)
+            data = _read_limited(f.fileno(), path)
     except OSError as e:
         raise HostError(f"inventory {path}: {e.strerror}") from None
-    if len(data) > MAX_WATCHED_BYTES:
-        raise HostError(f"inventory {path} is larger than {MAX_WATCHED_BYTES} bytes")
     return {"backend": "file", "path": path, "content": _text(data), "size": st.st_size,
             "mtime_ns": st.st_mtime_ns}
 
 
 def _content(path: str) -> str | None:
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_WATCHED_BYTES + 1)
+        with open(path, "rb", buffering=0) as f:
+            data = _read_limited(f.fileno(), path)
     except FileNotFoundError:
         return None
     except OSError as e:
         raise HostError(f"cannot read {path}: {e.strerror}") from None
-    if len(data) > MAX_WATCHED_BYTES:
-        raise HostError(f"{path} is larger than {MAX_WATCHED_BYTES} bytes")
     return _text(data)
+
+
+def _read_limited(fd: int, path: str) -> bytes:
+    # In chunks: procfs allocates a kernel buffer of the size asked for, so one huge read()
+    # of /proc/sys/kernel/random/boot_id fails with ENOMEM.
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := os.read(fd, READ_CHUNK):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > MAX_WATCHED_BYTES:
+            raise HostError(f"{path} is larger than {MAX_WATCHED_BYTES} bytes")
+    return b"".join(chunks)
 
 
 def _text(data: bytes) -> str:
@@ -249,14 +259,17 @@ def read_snapshot(path: str) -> dict[str, Any]:
         _check_owner(path, st, file=True)
         _check_owner(os.path.dirname(os.path.abspath(path)),
                      os.stat(os.path.dirname(os.path.abspath(path))), file=False)
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            raw = f.read(MAX_SNAPSHOT_BYTES + 1)
+        if st.st_size > MAX_SNAPSHOT_BYTES:
+            raise StaleSnapshot(f"{path} is larger than {MAX_SNAPSHOT_BYTES} bytes")
+        # A regular file (checked above): read(size + 1) allocates only what is there and
+        # still sees a file that grew since fstat.
+        raw = os.read(fd, st.st_size + 1)
     except OSError as e:
         raise StaleSnapshot(f"cannot read {path}: {e.strerror}") from None
     finally:
         os.close(fd)
-    if len(raw) > MAX_SNAPSHOT_BYTES:
-        raise StaleSnapshot(f"{path} is larger than {MAX_SNAPSHOT_BYTES} bytes")
+    if len(raw) != st.st_size:
+        raise StaleSnapshot(f"{path} changed while it was read")
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError):

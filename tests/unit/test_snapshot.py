@@ -206,6 +206,19 @@ def test_snapshot_of_another_source_is_not_used(node: Node,
         fresh_inventory(config)
 
 
+def test_a_real_procfs_boot_id_is_read_and_keeps_the_snapshot_fresh(node: Node) -> None:
+    """procfs allocates a kernel buffer of the size read() asks for: one huge read() of
+    boot_id fails with ENOMEM, which would leave every real node without a usable snapshot."""
+    boot_id = node.host / "proc/sys/kernel/random/boot_id"
+    boot_id.parent.mkdir(parents=True)
+    boot_id.symlink_to("/proc/sys/kernel/random/boot_id")
+    node.refresh()
+    assert read_snapshot(str(node.cache))["key"]["files"][
+        "proc/sys/kernel/random/boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text()
+    _, note = node.load()
+    assert (node.reads, note) == ([], f"inventory: fresh snapshot {node.cache}")
+
+
 def test_missing_driver_version_files_are_doubt_not_freshness(node: Node) -> None:
     node.refresh()
     (node.host / "sys/module/nvidia/version").unlink()

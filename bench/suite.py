@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -524,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     if not PYTHON.exists() or not GPUHOOK.exists():
         print(f"bench/run: {PYTHON} or {GPUHOOK} missing: run scripts/setup", file=sys.stderr)
         return 2
+    # SIGTERM (timeout, CI cancel) unwinds like Ctrl-C, so containers and the work dir go.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="gpuhook-bench-"))
     os.chmod(work, 0o755)
     bench = Bench(work, args.reps, args.p5_rounds)

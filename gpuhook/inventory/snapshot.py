@@ -23,6 +23,11 @@ A missing file is recorded as `null`, so its appearance also counts as a change.
 give a file a new mtime when its inode is rebuilt; that only makes a snapshot stale, never
 wrongly fresh.
 
+Not visible to the key: destroying a MIG instance and recreating one with the same GI/CI ids
+(same names in the capabilities tree) gives a new MIG uuid the snapshot does not know; a request
+for it fails closed (unknown id) until the next refresh. Run `gpuhook inventory refresh` from
+whatever reconfigures MIG (e.g. a mig-parted hook) and at boot.
+
 `refresh` computes the key before and after reading the backend and writes only if both agree,
 so a reconfiguration during the read cannot produce a snapshot that claims the new state.
 """

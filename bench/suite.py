@@ -35,7 +35,6 @@ from bench.world import (
     generate_node,
     hook_argv,
     make_bundle,
-    prodlike_install,
     refresh,
     state_json,
     write_config,
@@ -53,7 +52,6 @@ class Bench:
         self.p5_rounds = p5_rounds
         self.runc = Runc(work / "runc-root")
         self._rootfs: Path | None = None
-        self._prodlike: Path | None = None
 
     def path(self, name: str) -> Path:
         return self.work / name
@@ -63,12 +61,6 @@ class Bench:
         if self._rootfs is None:
             self._rootfs = build_rootfs(self.path("rootfs"))
         return self._rootfs
-
-    @property
-    def prodlike_bin(self) -> Path:
-        if self._prodlike is None:
-            self._prodlike = prodlike_install(self.path("prodlike"))
-        return self._prodlike
 
     def config(self, name: str, *, inventory: Path = MIG8_INV, host: Path = MIG8_HOST,
                snapshot: bool = True, extra: dict[str, object] | None = None) -> Path:
@@ -101,27 +93,16 @@ def python_pass() -> Series:
 # --- P1 ----------------------------------------------------------------------------------------
 
 def p1(b: Bench) -> list[Result]:
-    """The venv pair the issue names, plus the same pair without the venv's editable finder
-    (production-like), plus the installed .deb's /usr/bin/gpuhook when there is one."""
+    """The venv pair the issue names, plus the installed .deb's /usr/bin/gpuhook when there is
+    one (Debian's python3 -I launcher)."""
     cfg = b.config("p1", snapshot=False)
     bundle = b.bundle("p1", args=("true",))
     state = state_json(bundle)
     args = ["hook", "prestart", "--config", str(cfg)]
-    lean = Series("prod-like launcher without `import re` (gpuhook-lean)",
-                  timed_run([str(b.prodlike_bin / "gpuhook-lean"), *args], stdin=state,
-                            env=MINIMAL_ENV))
     pairs: list[tuple[str, str, Series, Series]] = [(
-        "P1", "hook, container with no GPU request vs `python -c pass` (.venv, editable "
-        "install)", python_pass(),
+        "P1", "hook, container with no GPU request vs `python -c pass` (.venv)", python_pass(),
         Series("gpuhook hook prestart (no request)",
                timed_run([str(GPUHOOK), *args], stdin=state, env=MINIMAL_ENV)))]
-    prod = b.prodlike_bin
-    pairs.append((
-        "P1-PROD", "the same without the editable finder (path .pth, as a real install)",
-        Series("prod-like python -c pass",
-               timed_run([str(prod / "python3"), "-c", "pass"], env=MINIMAL_ENV)),
-        Series("prod-like gpuhook hook prestart",
-               timed_run([str(prod / "gpuhook"), *args], stdin=state, env=MINIMAL_ENV))))
     if Path("/usr/bin/gpuhook").exists():
         pairs.append((
             "P1-DEB", "the installed package: /usr/bin/gpuhook vs /usr/bin/python3 -c pass",
@@ -129,7 +110,7 @@ def p1(b: Bench) -> list[Result]:
                    timed_run(["/usr/bin/python3", "-c", "pass"], env=MINIMAL_ENV)),
             Series("/usr/bin/gpuhook hook prestart",
                    timed_run(["/usr/bin/gpuhook", *args], stdin=state, env=MINIMAL_ENV))))
-    interleave([*(s for *_, base, hook in pairs for s in (base, hook)), lean], b.reps)
+    interleave([s for *_, base, hook in pairs for s in (base, hook)], b.reps)
     results = []
     for key, title, base_s, hook_s in pairs:
         r = Result(key, title, target="<= 1.5x (median)")
@@ -139,12 +120,7 @@ def p1(b: Bench) -> list[Result]:
         r.figures["ratio min"] = ratio(hook_st, base, "min")
         r.figures["hook - python, median ms"] = hook_st["median"] - base["median"]
         r.met = r.figures["ratio median"] <= 1.5
-        if key == "P1-PROD":
-            r.series[lean.name] = lean.stats()
-            r.figures["ratio median, launcher without re"] = ratio(r.series[lean.name], base)
         results.append(r)
-    results[0].notes.append("both sides pay the editable finder's ~9 ms at interpreter start, "
-                            "which also pre-imports re/enum for the hook: see P1-PROD")
     return results
 
 
@@ -187,7 +163,7 @@ def importtime(b: Bench) -> Result:
     r.figures["modules imported by python -c pass"] = len(base)
     r.figures["modules imported by the hook"] = len(hook)
     r.figures["self time of the added modules, ms"] = sum(v[0] for v in extra.values()) / 1000
-    r.figures["site (incl. .pth / editable finder), cumulative ms"] = \
+    r.figures["site (incl. .pth files), cumulative ms"] = \
         hook.get("site", (0, 0, 0))[1] / 1000
     top = sorted(hook.items(), key=lambda kv: kv[1][1], reverse=True)[:15]
     r.figures["top 15 by cumulative (self us / cumulative us)"] = [
@@ -198,15 +174,6 @@ def importtime(b: Bench) -> Result:
     heavy = [m for m in ("click", "yaml", "pynvml", "tomllib", "gpuhook.config",
                          "gpuhook.pipeline") if m in hook]
     r.figures["heavy modules on the path"] = ", ".join(heavy) or "none"
-    prod = b.prodlike_bin
-    pbase = _imports_with(prod / "python3", ["-c", "pass"], None)
-    phook = _imports_with(prod / "python3", [str(prod / "gpuhook"), *argv_tail], state)
-    padded = sorted(((k, v) for k, v in phook.items() if k not in pbase),
-                    key=lambda kv: kv[1][0], reverse=True)
-    r.figures["prod-like: self time of the added modules, ms"] = \
-        sum(v[0] for _, v in padded) / 1000
-    r.figures["prod-like: modules the hook adds, by self time (self us / cumulative us)"] = [
-        f"{k}: {v[0]} / {v[1]}" for k, v in padded]
     return r
 
 
@@ -322,20 +289,15 @@ def p3(b: Bench) -> Result:
     cfg = b.config("p3", snapshot=False)
     plain = b.bundle("p3-plain", args=("true",))
     hooked = b.bundle("p3-hook", args=("true",), hook=hook_argv(cfg))
-    prod_hook = [str(b.prodlike_bin / "gpuhook"), *hook_argv(cfg)[1:]]
-    hooked_prod = b.bundle("p3-hook-prod", args=("true",), hook=prod_hook)
     series = [Series("runc run true", _run_step(b, plain)),
-              Series("runc run true + gpuhook hook (.venv)", _run_step(b, hooked)),
-              Series("runc run true + gpuhook hook (prod-like)", _run_step(b, hooked_prod))]
+              Series("runc run true + gpuhook hook", _run_step(b, hooked))]
     interleave(series, b.reps)
     r.series = {s.name: s.stats() for s in series}
     base = r.series[series[0].name]
-    for label, s in (("", series[1]), (" (prod-like)", series[2])):
-        a = r.series[s.name]
-        r.figures[f"added median ms{label}"] = a["median"] - base["median"]
-        r.figures[f"added min ms{label}"] = a["min"] - base["min"]
+    hooked_st = r.series[series[1].name]
+    r.figures["added median ms"] = hooked_st["median"] - base["median"]
+    r.figures["added min ms"] = hooked_st["min"] - base["min"]
     r.met = r.figures["added median ms"] <= 25
-    r.notes.append("target judged on the .venv hook; prod-like = no editable finder (P1-PROD)")
     return r
 
 

@@ -97,29 +97,6 @@ def _write(path: Path, text: str) -> None:
     _mkparent(path).write_text(text)
 
 
-def prodlike_install(dest: Path) -> Path:
-    """A venv on Debian's /usr/bin/python3 where gpuhook is found through a plain path .pth
-    (what `pip install -e . --config-settings editable_mode=compat` writes) instead of the
-    default editable finder, whose import at every interpreter start (pathlib, re, fnmatch,
-    urllib.parse: ~9 ms here) exists in no real installation. Its `gpuhook` is the same pip
-    console-script wrapper as the .venv's. Returns the venv's bin dir."""
-    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", "--system-site-packages",
-                    str(dest)], check=True, capture_output=True, env=MINIMAL_ENV)
-    (site,) = dest.glob("lib/python3*/site-packages")
-    (site / "gpuhook-repo.pth").write_text(f"{REPO}\n")
-    wrapper = GPUHOOK.read_text().split("\n", 1)[1]
-    script = dest / "bin" / "gpuhook"
-    script.write_text(f"#!{dest / 'bin' / 'python3'}\n{wrapper}")
-    script.chmod(0o755)
-    # The wrapper imports `re` only to strip a Windows "-script.pyw" / ".exe" suffix from
-    # argv[0]; a launcher without it shows what a hand-written /usr/bin/gpuhook would cost.
-    lean = dest / "bin" / "gpuhook-lean"
-    lean.write_text(f"#!{dest / 'bin' / 'python3'}\nimport sys\nfrom gpuhook.entry import main\n"
-                    "sys.exit(main())\n")
-    lean.chmod(0o755)
-    return dest / "bin"
-
-
 def write_config(path: Path, inventory: Path, host: Path, log_file: Path,
                  cache: Path | None = None, extra: Mapping[str, object] | None = None) -> Path:
     keys: dict[str, object] = {"inventory": str(inventory), "host-root": str(host),

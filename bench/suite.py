@@ -201,6 +201,28 @@ def _check_applied(pid: int, minors: range) -> str | None:
     return f"cgroup v1 does not allow minors {denied}" if denied else None
 
 
+def _gpu_path_imports(b: Bench, bundle: Path, config: Path) -> dict[str, object]:
+    """`python -X importtime` of one hook run that applies the 8-GPU plan: what limits P2."""
+    cid, pid = _created(b, bundle)
+    try:
+        err = subprocess.run([str(PYTHON), "-X", "importtime", str(GPUHOOK), "hook", "prestart",
+                              "--config", str(config)], input=state_json(bundle, pid, cid),
+                             capture_output=True, env=MINIMAL_ENV, check=False).stderr.decode()
+    finally:
+        b.runc.delete(cid)
+    mods = {m.group(4): (int(m.group(1)), int(m.group(2)))
+            for m in _IMPORT_LINE.finditer(err)}
+    base = _imports(["-c", "pass"], None)
+    added = {k: v for k, v in mods.items() if k not in base}
+    top = sorted(added.items(), key=lambda kv: kv[1][0], reverse=True)[:12]
+    return {
+        "GPU path: self time of modules beyond python -c pass, ms":
+            sum(v[0] for v in added.values()) / 1000,
+        "GPU path: top 12 by self time (self us / cumulative us)":
+            [f"{k}: {v[0]} / {v[1]}" for k, v in top],
+    }
+
+
 def p2(b: Bench) -> Result:
     r = Result("P2", "hook applying an 8-GPU request (8xa100-mig fake: nodes + cgroup v1 rules) "
                      "vs `python -c pass`", target="<= 3x (median)")
@@ -246,6 +268,7 @@ def p2(b: Bench) -> Result:
     r.figures["ratio min (snapshot)"] = ratio(r.series[series[1].name], base, "min")
     r.figures["ratio median (no snapshot)"] = ratio(r.series[series[2].name], base)
     r.figures["applied check"] = errors[0] or "8 nodes present, cgroup v1 allows 195:0-7 rwm"
+    r.figures.update(_gpu_path_imports(b, bundle, cfg))
     r.met = r.figures["ratio median (snapshot)"] <= 3 and not errors[0]
     r.notes.append("each repetition: `runc create` (not timed) -> hook with the container's "
                    "state on stdin (timed) -> `runc delete -f` (not timed): every hook run "

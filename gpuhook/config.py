@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from gpuhook.errors import InputError
 
@@ -13,8 +12,10 @@ SYSTEM_CONFIG = "/etc/gpuhook/config.toml"
 ENV_CONFIG = "GPUHOOK_CONFIG"
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
+    """The configuration, immutable. A NamedTuple rather than a dataclass: the runtime shim
+    loads it for every runc command, and `dataclasses` (with `inspect`) costs ~7 ms to import."""
+
     inventory: str = "nvml"
     host_root: str = "/"
     log_file: str = "/var/log/gpuhook.log"
@@ -30,7 +31,7 @@ class Config:
     source: str = "built-in defaults"  # where this config came from, for messages
 
     def with_overrides(self, **changes: Any) -> Config:
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        return self._replace(**{k: v for k, v in changes.items() if v is not None})
 
 
 _CHOICES = {
@@ -38,7 +39,7 @@ _CHOICES = {
     "mode": ("spec", "hook"),
 }
 _PATH_KEYS = ("inventory", "host_root", "log_file", "inventory_cache")
-_KEYS = {f.name.replace("_", "-"): f for f in fields(Config) if f.name != "source"}
+_KEYS = {name.replace("_", "-"): name for name in Config._fields if name != "source"}
 
 
 def find_config_path(explicit: str | None, environ: Mapping[str, str]) -> str | None:
@@ -72,11 +73,11 @@ def parse_config(data: bytes, origin: str) -> Config:
         raise InputError(f"config {origin}: {e}") from None
     values: dict[str, Any] = {}
     for key, value in table.items():
-        f = _KEYS.get(key)
-        if f is None:
+        name = _KEYS.get(key)
+        if name is None:
             raise InputError(f"config {origin}: unknown key {key!r}; known keys: "
                              + ", ".join(sorted(_KEYS)))
-        values[f.name] = _check(origin, key, f.name, value)
+        values[name] = _check(origin, key, name, value)
     base = os.path.dirname(os.path.abspath(origin))
     for name in _PATH_KEYS:
         value = values.get(name)
@@ -87,7 +88,7 @@ def parse_config(data: bytes, origin: str) -> Config:
 
 
 def _check(origin: str, key: str, name: str, value: object) -> object:
-    default = getattr(Config(), name)
+    default = Config._field_defaults[name]
     if isinstance(default, tuple):
         if not isinstance(value, list) or not value or not all(
                 isinstance(v, str) and v for v in value):

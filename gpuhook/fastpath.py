@@ -11,6 +11,8 @@ problem. No `typing` import here either (~7 ms). Measured in bench/run (P1, impo
 from __future__ import annotations
 
 DEV_NULL = "/dev/null"
+MAX_STATE_BYTES = 1 << 20  # the hook's state on stdin
+MAX_SPEC_BYTES = 16 << 20  # a bundle's config.json
 _WS = " \t\n\r"
 
 

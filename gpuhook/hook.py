@@ -9,10 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from gpuhook.fastpath import loads, might_request
-
-MAX_STATE_BYTES = 1 << 20
-MAX_SPEC_BYTES = 16 << 20
+from gpuhook.fastpath import MAX_SPEC_BYTES, MAX_STATE_BYTES, loads, might_request
 
 
 def prestart_main(args: list[str]) -> int:

@@ -11,10 +11,7 @@ from gpuhook.config import Config, load_config
 from gpuhook.decision_log import log_decision, plan_record
 from gpuhook.errors import ApplyError, GpuhookError, InputError
 from gpuhook.pipeline import plan_for_spec
-from gpuhook.spec import parse_spec, parse_state, read_limited
-
-MAX_STATE_BYTES = 1 << 20
-MAX_SPEC_BYTES = 16 << 20
+from gpuhook.spec import MAX_SPEC_BYTES, MAX_STATE_BYTES, parse_spec, parse_state, read_limited
 
 
 def run(config_path: str | None, state_raw: bytes, spec_raw: bytes | None) -> int:

@@ -8,14 +8,18 @@ nothing heavy on the passthrough path: it runs for every runc call on a node.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Any
+
+# No `typing`, `json`, `dataclasses` or `contextlib` at import: this module runs for every runc
+# command containerd issues (create, start, state, kill, delete, ...). mypy sees the names.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from gpuhook.config import Config
 
 PROG = "gpuhook-runtime"
 # Set in the real runtime's environment. Seeing it on entry means the "real" runtime was us.
@@ -35,14 +39,26 @@ class ShimError(Exception):
         self.exit_code = exit_code
 
 
-@dataclass(frozen=True)
 class Invocation:
     """What the runtime was asked to do, as far as the shim cares."""
 
-    command: str | None
-    globals: dict[str, str] = field(default_factory=dict)  # flag name -> value ("true": bool)
-    bundle: str | None = None  # as given, None: the current directory
-    container_id: str | None = None
+    __slots__ = ("bundle", "command", "container_id", "globals")
+
+    def __init__(self, command: str | None, globals_: dict[str, str] | None = None,
+                 bundle: str | None = None, container_id: str | None = None) -> None:
+        self.command = command
+        self.globals = globals_ or {}  # flag name -> value ("true": a boolean flag)
+        self.bundle = bundle  # as given, None: the current directory
+        self.container_id = container_id
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Invocation) and all(
+            getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]  # compared in tests, never a dict key
+
+    def __repr__(self) -> str:
+        return "Invocation(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
 
     @property
     def log_path(self) -> str | None:
@@ -171,20 +187,41 @@ def exec_runtime(runtime: str, argv: list[str]) -> None:
 
 # ---- the bundle ------------------------------------------------------------------------------
 
-def prepare_bundle(bundle: str, config: Any, record: dict[str, Any]) -> str:
-    """Edit <bundle>/config.json for the container's plan. Returns what happened: "untouched"
-    (no request, empty plan, or already edited) or "edited"."""
-    from gpuhook.fastpath import might_request
-    from gpuhook.spec import MAX_SPEC_BYTES, read_limited
+def read_spec(bundle: str) -> tuple[str, bytes]:
+    """<bundle>/config.json's path and bytes (at most the spec limit + 1)."""
+    from gpuhook.fastpath import MAX_SPEC_BYTES
 
     path = os.path.join(bundle, "config.json")
-    raw = read_limited(path, MAX_SPEC_BYTES, "spec")
     try:
-        quick = json.loads(raw)
+        with open(path, "rb") as f:
+            return path, f.read(MAX_SPEC_BYTES + 1)
+    except OSError as e:
+        from gpuhook.errors import InputError
+
+        raise InputError(f"spec {path}: {e.strerror}") from None
+
+
+def might_request(raw: bytes) -> bool:
+    from gpuhook.fastpath import loads
+    from gpuhook.fastpath import might_request as spec_might_request
+
+    try:
+        return spec_might_request(loads(raw))
     except ValueError:
-        quick = None  # the validating parser names the problem
-    if quick is not None and not might_request(quick):
-        return "untouched"
+        return True  # the validating parser names the problem
+
+
+def prepare_bundle(path: str, raw: bytes, config: Config, record: dict[str, Any]) -> str:
+    """Edit the bundle's config.json (`path`, whose bytes are `raw`) for the container's plan.
+    Returns what happened: "untouched" (empty plan, or already edited) or "edited"."""
+    import json
+
+    from gpuhook.fastpath import MAX_SPEC_BYTES
+
+    if len(raw) > MAX_SPEC_BYTES:
+        from gpuhook.errors import InputError
+
+        raise InputError(f"spec {path}: larger than {MAX_SPEC_BYTES} bytes")
     from gpuhook.decision_log import plan_record
     from gpuhook.pipeline import plan_for_spec
     from gpuhook.spec import decode_json, parse_spec
@@ -243,6 +280,7 @@ def gpuhook_executable(argv0: str | None = None) -> str:
 
 def write_atomic(path: str, data: bytes) -> None:
     """Temp file in the same dir, same mode (and owner where allowed), fsync, rename, fsync dir."""
+    import contextlib
     import tempfile
 
     st = os.stat(path)
@@ -275,6 +313,8 @@ def write_atomic(path: str, data: bytes) -> None:
 
 def runtime_log_line(message: str, log_format: str, now: float | None = None) -> str:
     """One error line as runc's logrus writes it (containerd reads the last error from it)."""
+    import json
+
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if now is None else now))
     if log_format == "json":
         return json.dumps({"level": "error", "msg": message, "time": stamp}) + "\n"
@@ -330,7 +370,9 @@ def _run(argv: list[str], inv: Invocation) -> int:
         runtime = find_runtime(config.runtimes, path_env, self_paths(argv[0], path_env))
         bundle = os.path.abspath(inv.bundle or ".")
         record["bundle"] = bundle
-        prepare_bundle(bundle, config, record)
+        path, raw = read_spec(bundle)
+        if might_request(raw):
+            prepare_bundle(path, raw, config, record)
     except GpuhookError as e:
         record.update(decision="refused", error=str(e))
         raise ShimError(f"{inv.command} {inv.container_id or '?'}: {e}", e.exit_code) from None

@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gpuhook.errors import InputError
+from gpuhook.fastpath import MAX_SPEC_BYTES, MAX_STATE_BYTES
 
-MAX_SPEC_BYTES = 16 << 20
-MAX_STATE_BYTES = 1 << 20
+__all__ = ["MAX_SPEC_BYTES", "MAX_STATE_BYTES", "SpecView", "State", "parse_spec", "parse_state"]
+
 MAX_ENV_ENTRIES = 65536
 MAX_MOUNTS = 16384
 

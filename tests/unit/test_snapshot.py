@@ -12,7 +12,7 @@ import os
 import shutil
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -180,13 +180,13 @@ def test_each_host_change_forces_a_backend_read(node: Node, change: Callable[[No
 def _same_content_other_yaml(n: Node) -> Config:
     other = n.tmp / "other.yaml"
     shutil.copy2(n.yaml, other)
-    return replace(n.config, inventory=str(other))
+    return n.config._replace(inventory=str(other))
 
 
 def _same_content_other_host(n: Node) -> Config:
     other = n.tmp / "other-host"
     shutil.copytree(n.host, other, copy_function=shutil.copy2)
-    return replace(n.config, host_root=str(other))
+    return n.config._replace(host_root=str(other))
 
 
 @pytest.mark.parametrize(("other_config", "named"), [
@@ -194,7 +194,7 @@ def _same_content_other_host(n: Node) -> Config:
                  id="a snapshot of another inventory file is not used"),
     pytest.param(_same_content_other_host, "host-root",
                  id="a snapshot of another host-root is not used"),
-    pytest.param(lambda n: replace(n.config, inventory="nvml"), "inventory source",
+    pytest.param(lambda n: n.config._replace(inventory="nvml"), "inventory source",
                  id="a snapshot of the fake backend is not used for nvml"),
 ])
 def test_snapshot_of_another_source_is_not_used(node: Node,

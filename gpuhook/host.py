@@ -129,10 +129,11 @@ def read_capabilities(host: HostPaths, names: Iterable[str],
     """Minor (from mig-minors) and file mode (from the driver's capability file) of each name."""
     caps: dict[str, Capability] = {}
     for name in names:
-        if name not in minors:
+        minor = minors.get(name)
+        if minor is None:
             raise HostError(f"capability {name!r} not in {host.path(MIG_MINORS)}; "
                             f"{len(minors)} entries exist")
-        caps[name] = Capability(name, minors[name], _cap_mode(host, name))
+        caps[name] = Capability(name, minor, _cap_mode(host, name))
     return caps
 
 

@@ -6,7 +6,7 @@ asks for nothing costs no NVML and no YAML.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from gpuhook.config import Config
 from gpuhook.errors import HostError
@@ -19,36 +19,26 @@ from gpuhook.host import (
     read_majors,
     read_mig_minors,
 )
-from gpuhook.inventory.model import Inventory
 from gpuhook.plan import Plan, build_plan, needed_capabilities
 from gpuhook.policy import decide
 from gpuhook.request import extract_request
 from gpuhook.resolve import Resolved, check_requirements, resolve
 from gpuhook.spec import SpecView
 
-InventoryLoader = Callable[[Config], Inventory]
 _NO_HOST = HostInfo(Majors(frontend=0, uvm=0, caps=None))
 
 
-def _default_loader(config: Config) -> tuple[Inventory, str, Mapping[str, int] | None]:
-    from gpuhook.inventory.load import load_for_plan
-
-    # The snapshot if fresh (with its parsed mig-minors), else the backend; noted either way.
-    return load_for_plan(config)
-
-
-def plan_for_spec(spec: SpecView, config: Config,
-                  load_inventory: InventoryLoader | None = None) -> Plan:
+def plan_for_spec(spec: SpecView, config: Config) -> Plan:
     decision = decide(extract_request(spec, config.volume_mount_root), config)
     devices: tuple[Resolved, ...] = ()
     notes: list[str] = []
     minors: Mapping[str, int] | None = None
     if decision.device_ids:
-        if load_inventory is None:
-            inv, origin, minors = _default_loader(config)
-            notes.append(origin)
-        else:
-            inv = load_inventory(config)
+        from gpuhook.inventory.load import load_for_plan
+
+        # The snapshot if fresh (with its parsed mig-minors), else the backend; noted either way.
+        inv, origin, minors = load_for_plan(config)
+        notes.append(origin)
         notes.extend(check_requirements(decision.requirements, inv))
         devices = resolve(decision.device_ids, inv, config.allow_full_gpu_on_mig_enabled)
     if not (decision.control_nodes or devices):

@@ -89,13 +89,16 @@ def open_container_root(rootfs: str, identity: tuple[int, int], init_root_fd: in
     """In the container's mount namespace: a directory fd of the rootfs the runtime set up,
     checked against `identity` ((st_dev, st_ino) of the rootfs as the hook sees it; a bind
     mount keeps both). Prestart hooks run before pivot_root (runc, crun), so the rootfs is at
-    its bundle path; a runtime that pivots first leaves it as the init process's root
-    (`init_root_fd`, from /proc/<pid>/root)."""
-    try:
-        fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        fd = -1
-    if fd >= 0:
+    its bundle path: from the namespace's root, or, when the runtime itself runs chrooted (setns
+    puts us at the namespace's real root), from the init process's root (`init_root_fd`, from
+    /proc/<pid>/root, which before pivot_root is the runtime's root in the container's mount
+    namespace). A runtime that pivots first leaves the rootfs as the init's root itself."""
+    for base, path in ((None, rootfs), (init_root_fd, rootfs.lstrip("/") or ".")):
+        try:
+            fd = (os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if base is None
+                  else os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=base))
+        except OSError:
+            continue
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) == identity:
             return fd

@@ -19,6 +19,9 @@ from gpuhook.errors import ApplyError
 
 CLONE_NEWNS = 0x00020000
 MAX_REPLY = 1 << 20
+# What the child needs for its work in the container's /dev, and nothing more: mknod, chown to
+# the plan's owner, and writing into / replacing entries of directories it does not own.
+CHILD_CAPS = ("mknod", "chown", "dac_override", "fowner")
 
 
 class NamespaceWorkError(ApplyError):
@@ -98,8 +101,17 @@ def _fork_and_run(ns_fd: int | None, work: Callable[[], Any]) -> Any:
 
 def _child(ns_fd: int | None, work: Callable[[], Any]) -> dict[str, Any]:
     try:
+        import signal
+
+        import prctl
+
+        prctl.set_pdeathsig(signal.SIGKILL)  # never outlive the hook
         if ns_fd is not None:
             setns(ns_fd, CLONE_NEWNS)
+        # Inside the container's file system, hold only what the work needs.
+        prctl.set_no_new_privs(1)
+        prctl.cap_effective.limit(*CHILD_CAPS)
+        prctl.cap_permitted.limit(*CHILD_CAPS)
         return {"ok": work()}
     except OSError as e:
         text = e.strerror or errno.errorcode.get(e.errno or 0, "error")

@@ -63,6 +63,25 @@ def test_work_runs_after_setns_into_the_target_mount_namespace() -> None:
     assert ns == os.readlink(f"/proc/{os.getpid()}/ns/mnt")
 
 
+def _status() -> dict[str, str]:
+    with open("/proc/self/status") as f:
+        return dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+
+
+@needs_root
+def test_the_child_holds_only_the_capabilities_its_work_needs() -> None:
+    with subprocess.Popen(["sleep", "30"]) as sleeper:
+        try:
+            status = run_in_mount_ns(sleeper.pid, _status)
+        finally:
+            sleeper.kill()
+    # CAP_CHOWN 0, CAP_DAC_OVERRIDE 1, CAP_FOWNER 3, CAP_MKNOD 27: no CAP_SYS_ADMIN, no SETUID...
+    want = (1 << 0) | (1 << 1) | (1 << 3) | (1 << 27)
+    assert int(status["CapEff"], 16) == want
+    assert int(status["CapPrm"], 16) == want
+    assert status["NoNewPrivs"].strip() == "1"
+
+
 def test_a_gone_process_is_reported_with_its_namespace_path() -> None:
     with pytest.raises(NamespaceWorkError, match=r"cannot open /proc/999999999/ns/mnt"):
         run_in_mount_ns(999999999, lambda: None)

@@ -101,14 +101,19 @@ def install(runtime: str, config: str | None, name: str, drop_in: bool,
 
 @click.command()
 @_common
+@click.option("--dpkg-info-dir", metavar="DIR", default="/var/lib/dpkg/info", hidden=True,
+              help="Where dpkg keeps gpuhook.list (tests point it elsewhere).")
 def uninstall(runtime: str, config: str | None, name: str, drop_in: bool,
-              drop_in_dir: str | None, hooks_dir: str | None, dry_run: bool) -> None:
+              drop_in_dir: str | None, hooks_dir: str | None, dry_run: bool,
+              dpkg_info_dir: str) -> None:
     """Undo `gpuhook install` with the same --runtime / --config / --name / dirs.
 
     Where the config holds nothing new but gpuhook's keys, the backup taken by install
     (CONFIG.gpuhook.bak) is put back byte for byte and removed. Otherwise only gpuhook's keys
     are taken out (a runtime table only if its BinaryName is gpuhook-runtime). A drop-in
-    written by install is removed either way (--drop-in is accepted for symmetry).
+    written by install is removed either way (--drop-in is accepted for symmetry). A file
+    that the gpuhook package owns (the packaged hooks.d entry) is not removed: remove the
+    package instead.
 
     \b
     Examples:
@@ -121,7 +126,8 @@ def uninstall(runtime: str, config: str | None, name: str, drop_in: bool,
     del drop_in  # both forms are always cleaned up
     try:
         opts = inst.Options(runtime=runtime, name=name, config=_abs(config),
-                            drop_in_dir=_abs(drop_in_dir), hooks_dir=_abs(hooks_dir))
+                            drop_in_dir=_abs(drop_in_dir), hooks_dir=_abs(hooks_dir),
+                            dpkg_info_dir=dpkg_info_dir)
         _check(opts)
         changes, restart = inst.plan_uninstall(opts)
         _finish(changes, restart, dry_run, "uninstalled")

@@ -6,12 +6,16 @@ containerd's config is edited with tomlkit so that comments, order and every oth
 byte-identical: scalar keys are replaced in place, and the runtime's tables are appended as one
 block at the end of the file (TOML allows a table anywhere), indented like containerd's own
 `config default` output when the file is indented. The original is kept as `<config>.gpuhook.bak`;
-`uninstall` puts it back byte for byte when nothing but gpuhook's own keys changed since.
+`uninstall` puts it back byte for byte when the config is exactly what install made of it;
+otherwise only gpuhook's own keys are taken out. A runtime table that is already there is edited in
+place (runtime_type and options.BinaryName only), so keys the operator added to it stay.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import glob
 import json
 import os
 import re
@@ -40,6 +44,8 @@ DEFAULTS = {
 }
 DROP_IN_NAME = {"containerd": "99-gpuhook.toml", "crio": "99-gpuhook.conf"}
 HOOK_FILE = "gpuhook.json"
+PACKAGE = "gpuhook"
+DPKG_INFO_DIR = "/var/lib/dpkg/info"
 RESTART = {
     "containerd": "systemctl restart containerd",
     "crio": "systemctl restart crio",
@@ -77,6 +83,7 @@ class Options:
     runtime_binary: str = ""
     hook_binary: str = ""
     hook_config: str | None = None
+    dpkg_info_dir: str = DPKG_INFO_DIR  # where <package>.list names the files a .deb owns
 
 
 # ---- locating the executables -----------------------------------------------------------------
@@ -138,6 +145,7 @@ def write(changes: list[Change]) -> list[str]:
             done.append(f"backup: {c.backup}")
         if c.changes and c.new is None:
             os.unlink(c.path)
+            _fsync_dir(os.path.dirname(os.path.abspath(c.path)))
             done.append(f"removed: {c.path}")
         elif c.changes and c.new is not None:
             _atomic_write(c.path, c.new, c.path)
@@ -169,6 +177,16 @@ def _atomic_write(path: str, data: bytes, mode_from: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make the rename itself durable."""
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 # ---- containerd -------------------------------------------------------------------------------
@@ -311,7 +329,8 @@ def _set_scalar(table: Any, key: str, value: Any) -> None:
         table[key] = value
         return
     item = tomlkit.item(value)
-    for existing in table.value.body if hasattr(table, "value") else []:
+    body = table.value.body if isinstance(table, tomlkit.items.Table) else []
+    for existing in body:
         k, v = existing
         if k is not None and hasattr(v, "trivia"):
             item.trivia.indent = v.trivia.indent
@@ -332,9 +351,9 @@ def containerd_edit(text: str, opts: Options, drop_in_path: str | None) -> tuple
         return _containerd_with_imports(doc, text, drop_in_path), _containerd_drop_in(
             doc, version, table, opts)
     existing = _get(doc, rt_path)
-    if existing is not None and _plain(existing) != table:
-        del _get(doc, rt_path[:-1])[opts.name]
-        existing = None
+    add_options = False
+    if existing is not None:
+        add_options = _update_runtime(existing, opts.runtime_binary, _header(rt_path))
     if opts.set_as_default:
         parent = _get(doc, base)
         if parent is not None and _is_table(parent):
@@ -352,7 +371,49 @@ def containerd_edit(text: str, opts: Options, drop_in_path: str | None) -> tuple
     if existing is None:
         style = block_style(text, rt_path[:-1])
         out = _append(out, render_runtime_block(opts.name, table, style))
+    elif add_options:
+        style = block_style(text, rt_path[:-1])
+        block = render_runtime_block(opts.name, {"options": {"BinaryName": opts.runtime_binary}},
+                                     style)
+        out = _append(out, block.split("\n", 2)[2])  # the options table only
+    _check_runtime(out, rt_path, opts.runtime_binary)
     return out, None
+
+
+def _update_runtime(node: Any, binary: str, where: str) -> bool:
+    """Set runtime_type and options.BinaryName of a runtime table that is there, in place;
+    every other key and comment stays. True: it has no options table, append one."""
+    if not isinstance(node, MutableMapping):
+        raise InstallError(f"{where} is not a table; edit it by hand")
+    if node.get("runtime_type") != RUNC_V2:
+        _set_scalar(node, "runtime_type", RUNC_V2)
+    options = node.get("options")
+    if options is None:
+        if isinstance(node, tomlkit.items.InlineTable):
+            node["options"] = tomlkit.inline_table()
+            node["options"]["BinaryName"] = binary
+            return False
+        return True
+    if not isinstance(options, MutableMapping):
+        raise InstallError(f"{where}.options is not a table; edit it by hand")
+    if options.get("BinaryName") != binary:
+        _set_scalar(options, "BinaryName", binary)
+    return False
+
+
+def _check_runtime(out: str, rt_path: list[str], binary: str) -> None:
+    """Fail closed when the edit did not come out as meant (an odd layout tomlkit mis-edits)."""
+    import tomllib
+
+    try:
+        got = _get(tomllib.loads(out), rt_path)
+    except tomllib.TOMLDecodeError as e:
+        raise InstallError(f"editing {_header(rt_path)} gave invalid TOML ({e}); "
+                           "edit it by hand") from None
+    if not (isinstance(got, dict) and got.get("runtime_type") == RUNC_V2
+            and isinstance(got.get("options"), dict)
+            and got["options"].get("BinaryName") == binary):
+        raise InstallError(f"could not set {_header(rt_path)} in place; edit it by hand")
 
 
 def _is_table(node: Any) -> bool:
@@ -377,13 +438,9 @@ def _containerd_with_imports(doc: tomlkit.TOMLDocument, text: str, drop_in: str)
     if imports is not None and drop_in in imports:
         return text
     if imports is None:
-        doc2 = tomlkit.parse(text)
-        new = tomlkit.dumps(doc2)
-        # A top-level key must come before the first table: put it after `version` or first.
-        lines = new.splitlines(keepends=True)
-        at = next((i + 1 for i, line in enumerate(lines) if line.startswith("version")), 0)
-        lines.insert(at, f"imports = [{json.dumps(drop_in)}]\n")
-        return "".join(lines)
+        # tomlkit puts a new top-level key after the last one, before the first table.
+        doc.add("imports", [drop_in])
+        return tomlkit.dumps(doc)
     imports.append(drop_in)
     return tomlkit.dumps(doc)
 
@@ -411,25 +468,6 @@ def _containerd_drop_in(doc: tomlkit.TOMLDocument, version: int, table: dict[str
     return tomlkit.dumps(out)
 
 
-def containerd_strip(data: Any, name: str, drop_in: str | None, version: int,
-                     original_default: Any) -> Any:
-    """Parsed config with gpuhook's own keys taken out (to compare against the backup)."""
-    data = json.loads(json.dumps(data, default=str))
-    parent = _get(data, cri_path(version))
-    if isinstance(parent, dict):
-        runtimes = parent.get("runtimes")
-        if isinstance(runtimes, dict):
-            runtimes.pop(name, None)
-        if parent.get("default_runtime_name") == name:
-            if original_default is None:
-                parent.pop("default_runtime_name")
-            else:
-                parent["default_runtime_name"] = original_default
-    if drop_in and isinstance(data.get("imports"), list) and drop_in in data["imports"]:
-        data["imports"].remove(drop_in)
-    return data
-
-
 # ---- plans ------------------------------------------------------------------------------------
 
 def plan_install(opts: Options) -> tuple[list[Change], str]:
@@ -454,12 +492,12 @@ def plan_uninstall(opts: Options) -> tuple[list[Change], str]:
         return _containerd_uninstall(opts), RESTART[r]
     if r == "crio":
         path = os.path.join(opts.drop_in_dir or DEFAULTS["crio_drop_in_dir"], DROP_IN_NAME[r])
-        return [_remove_owned(path)], RESTART[r]
+        return [_remove_owned(path, opts)], RESTART[r]
     if r == "docker":
         return [_docker_uninstall(opts)], RESTART[r]
     if r == "podman":
         path = os.path.join(opts.hooks_dir or DEFAULTS["hooks_dir"], HOOK_FILE)
-        return [_remove_owned(path)], RESTART[r]
+        return [_remove_owned(path, opts)], RESTART[r]
     raise InstallError(f"unknown runtime {r!r}")
 
 
@@ -468,12 +506,34 @@ def _owned_file(path: str, content: bytes) -> Change:
     return Change(path, old, content, backup=path + BACKUP_SUFFIX)
 
 
-def _remove_owned(path: str) -> Change:
+def _remove_owned(path: str, opts: Options) -> Change:
     old = read_file(path)
     backup = read_file(path + BACKUP_SUFFIX)
     if backup is not None:
         return Change(path, old, backup, drop_backup=path + BACKUP_SUFFIX)
+    if old is not None and _packaged(path, opts.dpkg_info_dir):
+        raise InstallError(f"{path} belongs to package {PACKAGE} (listed in "
+                           f"{opts.dpkg_info_dir}/{PACKAGE}.list); uninstall leaves it alone: "
+                           f"remove the package instead (apt-get remove {PACKAGE})")
     return Change(path, old, None)
+
+
+def _packaged(path: str, info_dir: str) -> bool:
+    """Whether dpkg's file list of the package names `path` (read, dpkg is not run)."""
+    wanted = {os.path.normpath(os.path.abspath(path)), os.path.realpath(path)}
+    lists = [os.path.join(info_dir, f"{PACKAGE}.list"),
+             *glob.glob(os.path.join(glob.escape(info_dir), f"{PACKAGE}:*.list"))]
+    for name in lists:
+        try:
+            with open(name, encoding="utf-8", errors="replace") as f:
+                listed = {os.path.normpath(line.rstrip("\n")) for line in f if line.strip()}
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise InstallError(f"{name}: {e.strerror}") from None
+        if wanted & listed:
+            return True
+    return False
 
 
 def _containerd_config(opts: Options) -> str:
@@ -510,7 +570,7 @@ def _containerd_uninstall(opts: Options) -> list[Change]:
     backup = read_file(backup_path)
     drop_in = _drop_in_path(opts)
     # The main config first, the drop-in after: never an import of a missing file.
-    last: list[Change] = [_remove_owned(drop_in)] if os.path.exists(drop_in) else []
+    last: list[Change] = [_remove_owned(drop_in, opts)] if os.path.exists(drop_in) else []
     text = _text(old, path)
     try:
         doc = tomlkit.parse(text)
@@ -521,13 +581,51 @@ def _containerd_uninstall(opts: Options) -> list[Change]:
     orig_default = None
     if bdoc is not None:
         orig_default = (_plain(_get(bdoc, cri_path(version))) or {}).get("default_runtime_name")
-    if bdoc is not None:
-        ours = containerd_strip(doc.unwrap(), opts.name, drop_in, version, orig_default)
-        theirs = containerd_strip(bdoc.unwrap(), opts.name, drop_in, version, orig_default)
-        if ours == theirs:
-            return [Change(path, old, backup, drop_backup=backup_path), *last]
+    if bdoc is not None and _containerd_made_from(backup or b"", old, doc, opts, drop_in,
+                                                  version):
+        return [Change(path, old, backup, drop_backup=backup_path), *last]
+    # The backup is spent either way: the file now holds the operator's edits, not gpuhook's.
     return [Change(path, old, _containerd_remove(doc, opts, drop_in, version, orig_default,
-                                                 bdoc).encode()), *last]
+                                                 bdoc).encode(),
+                   drop_backup=backup_path if backup is not None else None), *last]
+
+
+def _containerd_made_from(backup: bytes, current: bytes, doc: tomlkit.TOMLDocument,
+                          opts: Options, drop_in: str, version: int) -> bool:
+    """Whether `current` is byte for byte what install makes of `backup`, with any of the
+    options install may have had (the binary is the one the config names)."""
+    ours = _get(doc, [*cri_path(version), "runtimes", opts.name])
+    binary = _plain(ours).get("options", {}).get("BinaryName", "") if isinstance(
+        ours, MutableMapping) else ""
+    text = backup.decode("utf-8", errors="replace")
+    for default in (False, True):
+        for d in (None, drop_in):
+            try:
+                made, _ = containerd_edit(text, dataclasses.replace(
+                    opts, set_as_default=default, runtime_binary=str(binary)), d)
+            except (InstallError, tomlkit.exceptions.TOMLKitError):
+                continue
+            if made.encode() == current:
+                return True
+    return False
+
+
+def _restore_runtime(node: Any, before: dict[str, Any]) -> None:
+    """Put back runtime_type and options.BinaryName as the backup had them, in place."""
+    if "runtime_type" in before:
+        _set_scalar(node, "runtime_type", before["runtime_type"])
+    elif "runtime_type" in node:
+        del node["runtime_type"]
+    options = node.get("options")
+    old_options = before.get("options")
+    if not isinstance(options, MutableMapping):
+        return
+    if isinstance(old_options, dict) and "BinaryName" in old_options:
+        _set_scalar(options, "BinaryName", old_options["BinaryName"])
+    elif "BinaryName" in options:
+        del options["BinaryName"]
+        if not options and old_options is None:
+            del node["options"]
 
 
 def _containerd_remove(doc: tomlkit.TOMLDocument, opts: Options, drop_in: str, version: int,
@@ -540,10 +638,14 @@ def _containerd_remove(doc: tomlkit.TOMLDocument, opts: Options, drop_in: str, v
         ours = runtimes.get(opts.name) if runtimes is not None else None
         binary = _plain(ours or {}).get("options", {}).get("BinaryName", "")
         if ours is not None and os.path.basename(str(binary)) == RUNTIME_EXE:
-            del runtimes[opts.name]
             before = _get(bdoc, [*cri_path(version), "runtimes", opts.name]) if bdoc else None
-            if before is not None:
-                runtimes[opts.name] = before
+            if before is None:
+                del runtimes[opts.name]
+                had = _get(bdoc, [*cri_path(version), "runtimes"]) if bdoc else None
+                if not runtimes and had is None:
+                    del parent["runtimes"]  # install made it; an empty one that was there stays
+            else:
+                _restore_runtime(ours, _plain(before))
         if parent.get("default_runtime_name") == opts.name:
             if orig_default is None:
                 del parent["default_runtime_name"]
@@ -596,7 +698,10 @@ def _load_json(path: str, data: bytes | None) -> dict[str, Any]:
 
 def _docker_install(opts: Options) -> Change:
     path = opts.config or DEFAULTS["docker_config"]
-    old = read_file(path)
+    return _docker_edit(path, read_file(path), opts)
+
+
+def _docker_edit(path: str, old: bytes | None, opts: Options) -> Change:
     data = _load_json(path, old)
     want = dict(data)
     runtimes = want.get("runtimes") or {}
@@ -630,19 +735,37 @@ def _docker_uninstall(opts: Options) -> Change:
         d = json.loads(json.dumps(d))
         if isinstance(d.get("runtimes"), dict):
             d["runtimes"].pop(opts.name, None)
-            if not d["runtimes"]:
-                d.pop("runtimes")
+            if not d["runtimes"] and (before is None or "runtimes" not in before):
+                d.pop("runtimes")  # install made it; an empty one that was there stays
         if d.get("default-runtime") == opts.name:
             d.pop("default-runtime")
             if before is not None and "default-runtime" in before:
                 d["default-runtime"] = before["default-runtime"]
         return d
 
-    if before is not None and strip(data) == strip(before):
+    if backup is not None and _docker_made_from(path, backup, old, data, opts):
         return Change(path, old, backup, drop_backup=backup_path)
     out = strip(data)
     if before is not None:
         prev = (before.get("runtimes") or {}).get(opts.name)
         if prev is not None:
             out.setdefault("runtimes", {})[opts.name] = prev
-    return Change(path, old, (json.dumps(out, indent=4) + "\n").encode())
+    return Change(path, old, (json.dumps(out, indent=4) + "\n").encode(),
+                  drop_backup=backup_path if backup is not None else None)
+
+
+def _docker_made_from(path: str, backup: bytes, current: bytes, data: dict[str, Any],
+                      opts: Options) -> bool:
+    """Whether `current` is byte for byte what install makes of `backup`."""
+    ours = (data.get("runtimes") or {}).get(opts.name) if isinstance(
+        data.get("runtimes"), dict) else None
+    binary = ours.get("path", "") if isinstance(ours, dict) else ""
+    for default in (False, True):
+        try:
+            made = _docker_edit(path, backup, dataclasses.replace(
+                opts, set_as_default=default, runtime_binary=str(binary)))
+        except InstallError:
+            continue
+        if made.new == current:
+            return True
+    return False

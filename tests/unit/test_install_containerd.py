@@ -67,7 +67,8 @@ def test_install_adds_the_runtime_with_runcs_options(sample: tuple[Path, bytes, 
     after = tomllib.loads(path.read_text())
     runtimes = [*CRI[version], "containerd", "runtimes"]
     ours = get(after, [*runtimes, "nvidia"])
-    runc = get(before, [*runtimes, "runc"])
+    # A runtime table that is there is edited in place; a new one copies runc's settings.
+    runc = get(before, [*runtimes, "nvidia" if b"runtimes.nvidia]" in original else "runc"])
     assert ours["runtime_type"] == "io.containerd.runc.v2"
     assert ours["options"]["BinaryName"] == BINARY
     assert {k: v for k, v in ours["options"].items() if k != "BinaryName"} == {
@@ -92,11 +93,9 @@ def test_install_keeps_every_original_byte_but_a_replaced_runtime(
     if b"runtimes.nvidia]" not in original:
         assert path.read_bytes().startswith(original)  # the runtime is appended; all else kept
         return
-    # Only the old nvidia runtime's own tables go: its header up to the next (runc) table.
-    first = next(i for i, line in enumerate(old) if line.strip().endswith("runtimes.nvidia]"))
-    runc = next(i for i, line in enumerate(old) if line.strip().endswith("runtimes.runc]"))
-    assert first < runc
-    assert removed == old[first:runc]
+    # The nvidia runtime that was there is edited in place: only its BinaryName line changes.
+    assert removed == [line for line in old if "BinaryName" in line and "nvidia" in line]
+    assert len(removed) == 1
 
 
 def test_second_install_changes_nothing(sample: tuple[Path, bytes, int]) -> None:
@@ -128,7 +127,8 @@ def test_dry_run_prints_the_diff_and_changes_nothing(sample: tuple[Path, bytes, 
     code, out = install(path, "--set-as-default", "--dry-run")
     assert code == 0
     assert out.startswith(f"--- {path}\n+++ {path}\n@@ ")
-    assert '+          runtime_type = "io.containerd.runc.v2"' in out or \
+    assert b"runtimes.nvidia]" in original or \
+        '+          runtime_type = "io.containerd.runc.v2"' in out or \
         '+        runtime_type = "io.containerd.runc.v2"' in out
     assert f'BinaryName = "{BINARY}"' in out
     assert "systemctl restart containerd" in out
@@ -270,3 +270,114 @@ def test_live_containerd_reads_the_drop_in_with_the_main_settings(tmp_path: Path
     assert cri["containerd"]["runtimes"]["nvidia"]["options"]["BinaryName"] == BINARY
     assert cri["sandbox_image"] == "local/pause:1"
     assert "runc" in cri["containerd"]["runtimes"]
+
+
+def _add_after(text: str, anchor_suffix: str, line: str) -> str:
+    """Insert `line` (indented like the anchor's next line) after the line ending in anchor."""
+    lines = text.splitlines(keepends=True)
+    at = next(i for i, x in enumerate(lines) if x.rstrip().endswith(anchor_suffix))
+    nxt = lines[at + 1] if at + 1 < len(lines) and lines[at + 1].strip() else lines[at]
+    indent = nxt[:len(nxt) - len(nxt.lstrip())]
+    if nxt is lines[at]:
+        indent += "  "
+    lines.insert(at + 1, indent + line + "\n")
+    return "".join(lines)
+
+
+def test_second_install_keeps_keys_the_operator_added_to_our_runtime(
+        sample: tuple[Path, bytes, int]) -> None:
+    path, _, version = sample
+    assert install(path)[0] == 0
+    text = path.read_text()
+    text = _add_after(text, "runtimes.nvidia]", 'sandbox_mode = "podsandbox"  # ours')
+    text = _add_after(text, "runtimes.nvidia.options]", "operator_note = \"keep me\"")
+    path.write_text(text)
+    edited = path.read_bytes()
+    code, out = install(path)
+    assert code == 0, out
+    assert "nothing changed" in out
+    assert path.read_bytes() == edited
+    # A changed binary rewrites that one line only; the operator's keys stay.
+    code, out = install(path, "--runtime-binary", "/opt/gpuhook/bin/gpuhook-runtime")
+    assert code == 0, out
+    old, new = edited.decode().splitlines(), path.read_text().splitlines()
+    assert len(old) == len(new)
+    changed = [(a, b) for a, b in zip(old, new, strict=True) if a != b]
+    assert len(changed) == 1
+    assert changed[0][1].strip() == 'BinaryName = "/opt/gpuhook/bin/gpuhook-runtime"'
+    ours = get(tomllib.loads(path.read_text()), [*CRI[version], "containerd", "runtimes",
+                                                 "nvidia"])
+    assert ours["sandbox_mode"] == "podsandbox"
+    assert ours["options"]["operator_note"] == "keep me"
+    assert ours["options"]["BinaryName"] == "/opt/gpuhook/bin/gpuhook-runtime"
+
+
+def test_install_over_a_runtime_without_options_adds_only_binary_name(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    original = ('version = 2\n\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia]\n'
+                '  runtime_type = "io.containerd.runtime.v1.linux"  # old shim\n'
+                '  pod_annotations = ["a"]\n')
+    path.write_text(original)
+    code, out = install(path)
+    assert code == 0, out
+    text = path.read_text()
+    assert "# old shim" in text
+    nvidia = tomllib.loads(text)["plugins"]["io.containerd.grpc.v1.cri"]["containerd"][
+        "runtimes"]["nvidia"]
+    assert nvidia == {"runtime_type": "io.containerd.runc.v2", "pod_annotations": ["a"],
+                      "options": {"BinaryName": BINARY}}
+    assert "nothing changed" in install(path)[1]
+    assert uninstall(path)[0] == 0
+    assert path.read_text() == original
+
+
+@pytest.mark.parametrize("name", ["config-default-1.6.20.toml",
+                                  "config-v2-comments-nvidia.toml"],
+                         ids=["a fresh runtime table", "a runtime table that was there"])
+def test_uninstall_keeps_a_comment_added_after_install(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "config.toml"
+    shutil.copyfile(DATA / name, path)
+    original = path.read_text()
+    install(path, "--set-as-default")
+    note = "# operator: GPU nodes pinned to pause 3.9"
+    path.write_text(_add_after(path.read_text(), '.v1.cri"]', note))
+    code, out = uninstall(path)
+    assert code == 0, out
+    assert path.read_text() == _add_after(original, '.v1.cri"]', note)
+    assert not Path(str(path) + ".gpuhook.bak").exists()
+
+
+@pytest.mark.parametrize("extra", [(), ("--set-as-default",)],
+                         ids=["plain install", "install as the default runtime"])
+def test_uninstall_of_an_installed_minimal_config_drops_the_runtimes_table_it_made(
+        tmp_path: Path, extra: tuple[str, ...]) -> None:
+    path = tmp_path / "config.toml"
+    original = 'version = 2\n\n[grpc]\n  address = "/run/containerd/containerd.sock"\n'
+    path.write_text(original)
+    install(path, *extra)
+    path.write_text(path.read_text().replace("[grpc]", "[grpc]  # edited"))
+    code, out = uninstall(path)
+    assert code == 0, out
+    data = tomllib.loads(path.read_text())
+    cri = data.get("plugins", {}).get("io.containerd.grpc.v1.cri", {})
+    assert "runtimes" not in cri.get("containerd", {})
+    assert "[grpc]  # edited" in path.read_text()
+
+
+@pytest.mark.parametrize("original", [
+    '[plugins.cri.containerd]\n  snapshotter = "overlayfs"\n',
+    '# no version key\n[grpc]\nversionX = 1\naddress = "/run/c.sock"\n',
+    'versionX = 1\nroot = "/var/lib/containerd"\n\n[grpc]\naddress = "/run/c.sock"\n',
+], ids=["the first line is a table header", "a table holds an unindented versionX key",
+        "a top-level versionX key and no version"])
+def test_drop_in_imports_is_a_top_level_key(tmp_path: Path, original: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(original)
+    conf_d = tmp_path / "conf.d"
+    code, out = install(path, "--drop-in", "--drop-in-dir", str(conf_d))
+    assert code == 0, out
+    data = tomllib.loads(path.read_text())
+    assert data.pop("imports") == [str(conf_d / "99-gpuhook.toml")]
+    assert data == tomllib.loads(original)
+    assert uninstall(path, "--drop-in-dir", str(conf_d))[0] == 0
+    assert path.read_text() == original

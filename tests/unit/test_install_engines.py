@@ -152,3 +152,58 @@ def test_help_has_examples(command: str) -> None:
     assert code == 0
     assert f"gpuhook {command} --runtime containerd" in out
     assert "--dry-run" in out
+
+
+def _packaged(tmp_path: Path) -> tuple[Path, Path]:
+    """A hooks.d file listed in a dpkg info dir's gpuhook.list, as the .deb leaves it."""
+    hooks, info = tmp_path / "hooks.d", tmp_path / "dpkg-info"
+    hooks.mkdir()
+    info.mkdir()
+    assert gpuhook("install", "--runtime", "podman", "--hooks-dir", str(hooks),
+                   "--hook-binary", HOOK)[0] == 0
+    (info / "gpuhook.list").write_text(f"/.\n/usr\n{hooks}\n{hooks / 'gpuhook.json'}\n")
+    return hooks / "gpuhook.json", info
+
+
+def test_podman_uninstall_refuses_to_delete_a_packaged_hook_file(tmp_path: Path) -> None:
+    hook, info = _packaged(tmp_path)
+    content = hook.read_bytes()
+    code, out = gpuhook("uninstall", "--runtime", "podman", "--hooks-dir", str(hook.parent),
+                        "--dpkg-info-dir", str(info))
+    assert code == 1
+    assert str(hook) in out and "package gpuhook" in out and "apt-get remove gpuhook" in out
+    assert hook.read_bytes() == content
+
+
+def test_podman_install_over_the_packaged_hook_file_changes_nothing(tmp_path: Path) -> None:
+    hook, _ = _packaged(tmp_path)
+    code, out = gpuhook("install", "--runtime", "podman", "--hooks-dir", str(hook.parent),
+                        "--hook-binary", HOOK)
+    assert code == 0 and "nothing changed" in out
+
+
+def test_podman_uninstall_of_a_file_no_package_lists_removes_it(tmp_path: Path) -> None:
+    hook, info = _packaged(tmp_path)
+    (info / "gpuhook.list").write_text("/usr/share/containers/oci/hooks.d/gpuhook.json\n")
+    code, out = gpuhook("uninstall", "--runtime", "podman", "--hooks-dir", str(hook.parent),
+                        "--dpkg-info-dir", str(info))
+    assert code == 0, out
+    assert not hook.exists()
+
+
+@pytest.mark.parametrize("original, kept", [
+    ({"debug": True}, False),
+    ({"debug": True, "runtimes": {}}, True),
+], ids=["runtimes that install made goes", "an empty runtimes that was there stays"])
+def test_docker_uninstall_after_an_edit_drops_only_a_runtimes_object_install_made(
+        tmp_path: Path, original: dict[str, object], kept: bool) -> None:
+    path = tmp_path / "daemon.json"
+    path.write_text(json.dumps(original))
+    gpuhook("install", "--runtime", "docker", "--config", str(path), "--runtime-binary",
+            RUNTIME)
+    data = json.loads(path.read_text())
+    data["log-level"] = "warn"
+    path.write_text(json.dumps(data, indent=4) + "\n")
+    assert gpuhook("uninstall", "--runtime", "docker", "--config", str(path))[0] == 0
+    assert json.loads(path.read_text()) == {**original, "log-level": "warn"}
+    assert ("runtimes" in json.loads(path.read_text())) is kept

@@ -610,6 +610,20 @@ def _containerd_made_from(backup: bytes, current: bytes, doc: tomlkit.TOMLDocume
     return False
 
 
+def _prune_empty(doc: tomlkit.TOMLDocument, path: list[str],
+                 bdoc: tomlkit.TOMLDocument | None) -> None:
+    """Drop the tables on `path` that are empty now and that the backup did not have (install
+    made them, e.g. the CRI section of a config that had none); an empty one that was there
+    stays. The same rule as Docker's `runtimes`."""
+    for depth in range(len(path), 0, -1):
+        node = _get(doc, path[:depth])
+        if not isinstance(node, MutableMapping) or len(node) or (
+                bdoc is not None and _get(bdoc, path[:depth]) is not None):
+            return
+        container = doc if depth == 1 else _get(doc, path[:depth - 1])
+        del container[path[depth - 1]]
+
+
 def _restore_runtime(node: Any, before: dict[str, Any]) -> None:
     """Put back runtime_type and options.BinaryName as the backup had them, in place."""
     if "runtime_type" in before:
@@ -651,6 +665,7 @@ def _containerd_remove(doc: tomlkit.TOMLDocument, opts: Options, drop_in: str, v
                 del parent["default_runtime_name"]
             else:
                 parent["default_runtime_name"] = orig_default
+        _prune_empty(doc, cri_path(version), bdoc)
     imports = doc.get("imports")
     if isinstance(imports, list) and drop_in in imports:
         imports.remove(drop_in)

@@ -347,21 +347,31 @@ def test_uninstall_keeps_a_comment_added_after_install(tmp_path: Path, name: str
     assert not Path(str(path) + ".gpuhook.bak").exists()
 
 
+MINIMAL = 'version = 2\n\n[grpc]\n  address = "/run/containerd/containerd.sock"\n'
+EMPTY_RUNTIMES = ('version = 2\n\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes]\n\n'
+                  '[grpc]\n  address = "/run/containerd/containerd.sock"\n')
+
+
+@pytest.mark.parametrize("original, kept", [(MINIMAL, False), (EMPTY_RUNTIMES, True)],
+                         ids=["tables that install made go",
+                              "an empty runtimes that was there stays"])
 @pytest.mark.parametrize("extra", [(), ("--set-as-default",)],
                          ids=["plain install", "install as the default runtime"])
-def test_uninstall_of_an_installed_minimal_config_drops_the_runtimes_table_it_made(
-        tmp_path: Path, extra: tuple[str, ...]) -> None:
+def test_uninstall_after_an_edit_drops_only_tables_install_made(
+        tmp_path: Path, extra: tuple[str, ...], original: str, kept: bool) -> None:
     path = tmp_path / "config.toml"
-    original = 'version = 2\n\n[grpc]\n  address = "/run/containerd/containerd.sock"\n'
     path.write_text(original)
     install(path, *extra)
     path.write_text(path.read_text().replace("[grpc]", "[grpc]  # edited"))
     code, out = uninstall(path)
     assert code == 0, out
     data = tomllib.loads(path.read_text())
+    assert data == tomllib.loads(original)
     cri = data.get("plugins", {}).get("io.containerd.grpc.v1.cri", {})
-    assert "runtimes" not in cri.get("containerd", {})
-    assert "[grpc]  # edited" in path.read_text()
+    assert ("runtimes" in cri.get("containerd", {})) is kept
+    if not kept:
+        assert path.read_text() == original.replace("[grpc]", "[grpc]  # edited")
+    assert not Path(str(path) + ".gpuhook.bak").exists()
 
 
 @pytest.mark.parametrize("original", [

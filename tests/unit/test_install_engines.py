@@ -207,3 +207,17 @@ def test_docker_uninstall_after_an_edit_drops_only_a_runtimes_object_install_mad
     assert gpuhook("uninstall", "--runtime", "docker", "--config", str(path))[0] == 0
     assert json.loads(path.read_text()) == {**original, "log-level": "warn"}
     assert ("runtimes" in json.loads(path.read_text())) is kept
+
+
+def test_podman_uninstall_puts_back_a_packaged_hook_file_that_install_changed(
+        tmp_path: Path) -> None:
+    hook, info = _packaged(tmp_path)
+    packaged = hook.read_bytes()
+    assert gpuhook("install", "--runtime", "podman", "--hooks-dir", str(hook.parent),
+                   "--hook-binary", HOOK, "--hook-config", "/etc/gpuhook/node.toml")[0] == 0
+    assert hook.read_bytes() != packaged
+    code, out = gpuhook("uninstall", "--runtime", "podman", "--hooks-dir", str(hook.parent),
+                        "--dpkg-info-dir", str(info))
+    assert code == 0, out
+    assert hook.read_bytes() == packaged
+    assert sorted(p.name for p in hook.parent.iterdir()) == ["gpuhook.json"]

@@ -131,17 +131,21 @@ def check_requirements(reqs: Iterable[tuple[str, str]], inv: Inventory) -> list[
 
 
 def _alternative(alternative: str, inv: Inventory) -> tuple[bool | None, str]:
+    """An AND group: False when any checkable constraint fails (wherever it stands), else None
+    when one cannot be judged here (arch, brand), else True."""
+    unjudged = ""
     for constraint in alternative.split(","):
         m = _CONSTRAINT.match(constraint.strip())
         if not m:
             raise ResolveError(f"requirement {constraint!r}: expected e.g. cuda>=12.0")
         key, op, want = m.groups()
         if key in ("arch", "brand"):
-            return None, f"{key} constraints are not checked by gpuhook"
+            unjudged = unjudged or f"{key} constraints are not checked by gpuhook"
+            continue
         have = inv.cuda_version if key == "cuda" else inv.driver_version
         if not _compare(_version(have, key), op, _version(want, key)):
             return False, f"{key}{op}{want} but the node has {key} {have}"
-    return True, ""
+    return (None, unjudged) if unjudged else (True, "")
 
 
 def _version(text: str, key: str) -> tuple[int, ...]:

@@ -39,7 +39,7 @@ def _import() -> ModuleType:
     return pynvml  # type: ignore[no-any-return]
 
 
-def nvml_error(nv: ModuleType, err: BaseException, call: str) -> NvmlError:
+def nvml_error(err: BaseException, call: str) -> NvmlError:
     code = getattr(err, "value", None)
     advice = _ADVICE.get(code) if isinstance(code, int) else None
     text = str(err) or type(err).__name__
@@ -50,26 +50,27 @@ class _Nvml:
     def __init__(self, nv: ModuleType) -> None:
         self.nv = nv
 
-    def call(self, name: str, *args: Any) -> Any:
+    def _fn(self, name: str) -> Any:
         fn = getattr(self.nv, name, None)
         if fn is None:
             raise NvmlError(f"NVML {name} is missing from pynvml: install nvidia-ml-py "
                             ">= 12.535, not the deprecated `pynvml` distribution")
-        try:
-            return fn(*args)
-        except self.nv.NVMLError as e:
-            raise nvml_error(self.nv, e, name) from None
+        return fn
 
-    def code_of(self, name: str, *args: Any) -> tuple[Any, int | None]:
-        """Call and return (result, None), or (None, code) for NOT_SUPPORTED / NOT_FOUND."""
-        fn = getattr(self.nv, name)
+    def call(self, name: str, *args: Any) -> Any:
+        return self.code_of(name, *args, tolerate=())[0]
+
+    def code_of(self, name: str, *args: Any, tolerate: tuple[int, ...]) -> tuple[Any, int | None]:
+        """Call and return (result, None), or (None, code) for a return code in `tolerate`
+        (an answer, like NOT_SUPPORTED for MIG mode); any other error is an NvmlError."""
+        fn = self._fn(name)
         try:
             return fn(*args), None
         except self.nv.NVMLError as e:
             code = getattr(e, "value", None)
-            if code in (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_NOT_FOUND):
+            if code in tolerate:
                 return None, code
-            raise nvml_error(self.nv, e, name) from None
+            raise nvml_error(e, name) from None
 
 
 def load_nvml(module: ModuleType | None = None) -> Inventory:
@@ -99,12 +100,13 @@ def _gpu(api: _Nvml, index: int, h: Any) -> Gpu:
     name = _text(api.call("nvmlDeviceGetName", h))
     pci = _text(api.call("nvmlDeviceGetPciInfo", h).busId)
     minor = int(api.call("nvmlDeviceGetMinorNumber", h))
-    mode, _ = api.code_of("nvmlDeviceGetMigMode", h)
+    mode, _ = api.code_of("nvmlDeviceGetMigMode", h, tolerate=(NVML_ERROR_NOT_SUPPORTED,))
     mig_enabled = mode is not None and int(mode[0]) == NVML_DEVICE_MIG_ENABLE
     migs: list[MigDevice] = []
     if mig_enabled:
         for j in range(int(api.call("nvmlDeviceGetMaxMigDeviceCount", h))):
-            mh, code = api.code_of("nvmlDeviceGetMigDeviceHandleByIndex", h, j)
+            mh, code = api.code_of("nvmlDeviceGetMigDeviceHandleByIndex", h, j,
+                                   tolerate=(NVML_ERROR_NOT_FOUND,))
             if code is not None:
                 continue  # an empty slot, not an error
             migs.append(MigDevice(

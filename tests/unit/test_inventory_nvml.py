@@ -100,3 +100,11 @@ def test_nvml_and_fake_backends_produce_the_same_model() -> None:
         gpus.append(fake.FakeGpu(g.uuid, g.name, bus, g.minor, int(g.mig_enabled), migs))
     world = fake.World(gpus=gpus, driver=inv.driver_version, cuda=12040)
     assert load_nvml(fake.module(world)) == inv
+
+
+def test_mig_mode_not_found_is_an_error_not_no_mig() -> None:
+    # Only NOT_SUPPORTED means "this GPU has no MIG"; reading NOT_FOUND as that would let a
+    # whole MIG-mode GPU be handed out.
+    world = a100_world(fail={"nvmlDeviceGetMigMode": fake.NVML_ERROR_NOT_FOUND})
+    with pytest.raises(NvmlError, match="nvmlDeviceGetMigMode failed"):
+        load_nvml(fake.module(world))

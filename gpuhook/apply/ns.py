@@ -93,10 +93,19 @@ def _fork_and_run(ns_fd: int | None, work: Callable[[], Any]) -> Any:
     if not raw:
         raise NamespaceWorkError(f"namespace helper process died without a reply "
                                  f"(wait status {status})")
-    reply = json.loads(raw)
-    if "error" in reply:
-        raise NamespaceWorkError(str(reply["error"]), reply.get("errno"))
-    return reply["ok"]
+    try:
+        answer: object = json.loads(raw)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or not ("ok" in answer or "error" in answer):
+        raise NamespaceWorkError(f"namespace helper process sent a broken reply of {len(raw)} "
+                                 f"bytes (wait status {status})")
+    if "error" in answer:
+        raise NamespaceWorkError(str(answer["error"]), answer.get("errno"))
+    if status != 0:
+        raise NamespaceWorkError(f"namespace helper process failed after its reply "
+                                 f"(wait status {status})")
+    return answer["ok"]
 
 
 def _child(ns_fd: int | None, work: Callable[[], Any]) -> dict[str, Any]:

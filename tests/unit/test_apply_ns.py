@@ -53,6 +53,15 @@ def test_child_errors_come_back_as_namespace_work_errors(work: object, message: 
     assert info.value.errno == err
 
 
+@pytest.mark.parametrize("work", [
+    lambda: "x" * (2 << 20),
+], ids=["a reply larger than the limit is refused, not parsed"])
+def test_a_broken_reply_is_a_namespace_work_error(work: object) -> None:
+    assert callable(work)
+    with pytest.raises(NamespaceWorkError, match="broken reply"):
+        run_forked(work)
+
+
 @needs_root
 def test_work_runs_after_setns_into_the_target_mount_namespace() -> None:
     with subprocess.Popen(["sleep", "30"]) as sleeper:

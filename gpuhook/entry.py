@@ -1,14 +1,12 @@
 """Console-script entry points. `gpuhook hook prestart` is dispatched before click is imported:
 it runs on every container start on a node, GPU or not."""
 
-from __future__ import annotations
-
 import sys
 
 
 def main() -> None:
     argv = sys.argv[1:]
-    if argv[:2] == ["hook", "prestart"]:
+    if argv[:2] == ["hook", "prestart"] and not {"-h", "--help"} & set(argv[2:]):
         from gpuhook.hook import prestart_main
 
         sys.exit(prestart_main(argv[2:]))

@@ -4,8 +4,6 @@ A container that could not have asked for anything leaves after two small JSON r
 config, no click, no YAML, no NVML (see fastpath.py).
 """
 
-from __future__ import annotations
-
 import os
 import sys
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gpuhook.errors import InputError
+from gpuhook.fastpath import DEV_NULL
 from gpuhook.spec import SpecView
 
 ENV_VISIBLE = "NVIDIA_VISIBLE_DEVICES"
@@ -17,7 +18,6 @@ ENV_DISABLE_REQUIRE = "NVIDIA_DISABLE_REQUIRE"
 ENV_REQUIRE_PREFIX = "NVIDIA_REQUIRE_"
 ENV_CUDA_VERSION = "CUDA_VERSION"
 CAP_SYS_ADMIN = "CAP_SYS_ADMIN"
-DEV_NULL = "/dev/null"
 MIG_MONITOR = "mig-monitor"
 MIG_CONFIG = "mig-config"
 SUPPORTED_DRIVER_CAPS = ("compat32", "compute", "display", "graphics", "ngx", "utility", "video")
@@ -57,12 +57,6 @@ class Request:
     requirements: tuple[tuple[str, str], ...]  # (env name, expression)
     mig_monitor_env: str | None
     mig_config_env: str | None
-
-    @property
-    def anything(self) -> bool:
-        return bool(self.mount_ids or self.mount_caps or self.mount_ignored
-                    or self.env_devices is not None or self.mig_monitor_env is not None
-                    or self.mig_config_env is not None)
 
 
 def extract_request(spec: SpecView, volume_mount_root: str) -> Request:

@@ -77,7 +77,7 @@ def parse_spec(data: bytes, what: str = "config.json") -> SpecView:
         raise InputError(f"{what}: missing process")
     proc = _obj(process, f"{what}: process")
     env = _env(proc.get("env", []), f"{what}: process.env")
-    caps, has_caps = _capabilities(proc.get("capabilities"), oci, f"{what}: process.capabilities")
+    caps, has_caps = _capabilities(proc.get("capabilities"), f"{what}: process.capabilities")
     mounts_raw = top.get("mounts", [])
     if not isinstance(mounts_raw, list):
         raise InputError(f"{what}: mounts must be a list")
@@ -148,7 +148,7 @@ def _env(raw: object, what: str) -> dict[str, str]:
     return env
 
 
-def _capabilities(raw: object, oci: str, what: str) -> tuple[frozenset[str], bool]:
+def _capabilities(raw: object, what: str) -> tuple[frozenset[str], bool]:
     if raw is None:
         return frozenset(), False
     if isinstance(raw, list):

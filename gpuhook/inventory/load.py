@@ -15,10 +15,6 @@ from gpuhook.inventory.model import Inventory
 NVML = "nvml"
 
 
-def load_inventory(config: Config) -> Inventory:
-    return load_inventory_noted(config)[0]
-
-
 def load_inventory_noted(config: Config, read: Callable[[Config], Inventory] | None = None,
                          ) -> tuple[Inventory, str]:
     """The inventory and a note saying where it came from (and why not the snapshot).

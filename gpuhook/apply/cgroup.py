@@ -182,8 +182,9 @@ def allow_v1(cgroup_dir: str, rules: Sequence[CgroupRule]) -> list[str]:
             try:
                 os.write(fd, line.encode())
             except OSError as e:
-                deny_v1(cgroup_dir, written)
-                raise ApplyError(f"writing {line!r} to {path}: {e.strerror}") from None
+                stuck = deny_v1(cgroup_dir, written)
+                left = f"; could not deny again: {', '.join(stuck)}" if stuck else ""
+                raise ApplyError(f"writing {line!r} to {path}: {e.strerror}{left}") from None
             written.append(line)
     finally:
         os.close(fd)

@@ -66,6 +66,12 @@ def create_nodes(rootfs: str, nodes: Sequence[DeviceNode],
         try:
             for node in nodes:
                 _create_one(root_fd, rootfs, node, report)
+        except ApplyError as e:
+            stuck = _undo(root_fd, report)
+            if stuck:
+                raise ApplyError(f"{e}; could not remove the nodes created before: "
+                                 f"{', '.join(stuck)}") from None
+            raise
         except BaseException:
             _undo(root_fd, report)
             raise

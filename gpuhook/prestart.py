@@ -9,9 +9,9 @@ from typing import Any
 
 from gpuhook.config import Config, load_config
 from gpuhook.decision_log import log_decision, plan_record
-from gpuhook.errors import ApplyError, GpuhookError, InputError
+from gpuhook.errors import ApplyError, GpuhookError
 from gpuhook.pipeline import plan_for_spec
-from gpuhook.spec import MAX_SPEC_BYTES, MAX_STATE_BYTES, parse_spec, parse_state, read_limited
+from gpuhook.spec import MAX_SPEC_BYTES, parse_spec, parse_state, read_limited
 
 
 def run(config_path: str | None, state_raw: bytes, spec_raw: bytes | None) -> int:
@@ -32,15 +32,11 @@ def run(config_path: str | None, state_raw: bytes, spec_raw: bytes | None) -> in
 
 def _decide_and_apply(config: Config, state_raw: bytes, spec_raw: bytes | None,
                       record: dict[str, Any]) -> int:
-    if len(state_raw) > MAX_STATE_BYTES:
-        raise InputError(f"hook state on stdin is larger than {MAX_STATE_BYTES} bytes")
     state = parse_state(state_raw)
     record.update(id=state.id, pid=state.pid, bundle=state.bundle)
     spec_path = os.path.join(state.bundle, "config.json")
     if spec_raw is None:
         spec_raw = read_limited(spec_path, MAX_SPEC_BYTES, "spec")
-    if len(spec_raw) > MAX_SPEC_BYTES:
-        raise InputError(f"spec {spec_path}: larger than {MAX_SPEC_BYTES} bytes")
     spec = parse_spec(spec_raw, spec_path)
     plan = plan_for_spec(spec, config)
     record.update(plan_record(plan, spec.env))

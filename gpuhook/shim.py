@@ -216,24 +216,23 @@ def prepare_bundle(path: str, raw: bytes, config: Config, record: dict[str, Any]
     Returns what happened: "untouched" (empty plan, or already edited) or "edited"."""
     import json
 
+    from gpuhook import spec_edit
+    from gpuhook.decision_log import plan_record
     from gpuhook.fastpath import MAX_SPEC_BYTES
+    from gpuhook.pipeline import plan_for_spec
+    from gpuhook.spec import decode_json, spec_view
 
     if len(raw) > MAX_SPEC_BYTES:
         from gpuhook.errors import InputError
 
         raise InputError(f"spec {path}: larger than {MAX_SPEC_BYTES} bytes")
-    from gpuhook.decision_log import plan_record
-    from gpuhook.pipeline import plan_for_spec
-    from gpuhook.spec import decode_json, parse_spec
-
-    view = parse_spec(raw, path)
+    spec = decode_json(raw, path)
+    view = spec_view(spec, path)  # checks that it is an object, among the rest
+    assert isinstance(spec, dict)
     plan = plan_for_spec(view, config)
     record.update(plan_record(plan, view.env), mode=config.mode)
     if plan.empty and not plan.env:
         return "untouched"
-    spec = decode_json(raw, path)
-    assert isinstance(spec, dict)  # parse_spec checked it
-    from gpuhook import spec_edit
 
     if config.mode == "hook":
         edited = spec_edit.apply_hook(spec, plan, gpuhook_executable(),

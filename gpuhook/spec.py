@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from gpuhook.errors import InputError
 from gpuhook.fastpath import MAX_SPEC_BYTES, MAX_STATE_BYTES
 
-__all__ = ["MAX_SPEC_BYTES", "MAX_STATE_BYTES", "SpecView", "State", "parse_spec", "parse_state"]
+__all__ = ["MAX_SPEC_BYTES", "MAX_STATE_BYTES", "SpecView", "State", "parse_spec", "parse_state",
+           "spec_view"]
 
 MAX_ENV_ENTRIES = 65536
 MAX_MOUNTS = 16384
@@ -45,14 +46,17 @@ class State:
 
 
 def read_limited(path: str, limit: int, what: str) -> bytes:
+    """At most limit + 1 bytes of `path`: the parsers refuse anything over the limit."""
     try:
         with open(path, "rb") as f:
-            data = f.read(limit + 1)
+            return f.read(limit + 1)
     except OSError as e:
         raise InputError(f"{what} {path}: {e.strerror}") from None
+
+
+def _check_size(data: bytes, limit: int, what: str) -> None:
     if len(data) > limit:
-        raise InputError(f"{what} {path}: larger than {limit} bytes")
-    return data
+        raise InputError(f"{what}: larger than {limit} bytes")
 
 
 def decode_json(data: bytes, what: str) -> object:
@@ -70,7 +74,14 @@ def decode_json(data: bytes, what: str) -> object:
 
 
 def parse_spec(data: bytes, what: str = "config.json") -> SpecView:
-    top = _obj(decode_json(data, what), what)
+    _check_size(data, MAX_SPEC_BYTES, what)
+    return spec_view(decode_json(data, what), what)
+
+
+def spec_view(spec: object, what: str = "config.json") -> SpecView:
+    """The checked view of a spec already decoded from JSON (the runtime shim edits that same
+    object afterwards, so it is decoded once)."""
+    top = _obj(spec, what)
     oci = _opt_str(top, "ociVersion", what) or ""
     process = top.get("process")
     if process is None:
@@ -92,6 +103,7 @@ def parse_spec(data: bytes, what: str = "config.json") -> SpecView:
 
 
 def parse_state(data: bytes, what: str = "hook state (stdin)") -> State:
+    _check_size(data, MAX_STATE_BYTES, what)
     top = _obj(decode_json(data, what), what)
     pid = top.get("pid")
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:

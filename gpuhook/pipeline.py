@@ -14,18 +14,15 @@ from gpuhook.host import (
     Capability,
     HostInfo,
     HostPaths,
-    Majors,
     read_capabilities,
     read_majors,
     read_mig_minors,
 )
-from gpuhook.plan import Plan, build_plan, needed_capabilities
+from gpuhook.plan import Plan, build_plan, needed_capabilities, needs_host
 from gpuhook.policy import decide
 from gpuhook.request import extract_request
 from gpuhook.resolve import Resolved, check_requirements, resolve
 from gpuhook.spec import SpecView
-
-_NO_HOST = HostInfo(Majors(frontend=0, uvm=0, caps=None))
 
 
 def plan_for_spec(spec: SpecView, config: Config) -> Plan:
@@ -41,8 +38,8 @@ def plan_for_spec(spec: SpecView, config: Config) -> Plan:
         notes.append(origin)
         notes.extend(check_requirements(decision.requirements, inv))
         devices = resolve(decision.device_ids, inv, config.allow_full_gpu_on_mig_enabled)
-    if not (decision.control_nodes or devices):
-        return build_plan(decision, devices, _NO_HOST, tuple(notes))
+    if not needs_host(decision, devices):
+        return build_plan(decision, devices, None, tuple(notes))
     host = HostPaths(config.host_root)
     majors = read_majors(host)
     caps: dict[str, Capability] = {}

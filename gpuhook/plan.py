@@ -99,8 +99,18 @@ def mig_capability_names(dev: Resolved) -> tuple[str, str]:
     return f"{gi}/access", f"{gi}/ci{dev.mig.ci}/access"
 
 
-def build_plan(decision: Decision, devices: tuple[Resolved, ...], host: HostInfo,
+def needs_host(decision: Decision, devices: tuple[Resolved, ...]) -> bool:
+    """Whether the plan holds any node, and so needs the host's majors (and capabilities)."""
+    return decision.control_nodes or bool(devices)
+
+
+def build_plan(decision: Decision, devices: tuple[Resolved, ...], host: HostInfo | None,
                extra_notes: tuple[str, ...] = ()) -> Plan:
+    """`host` may be None only when `needs_host` is false: then the plan holds no node."""
+    if not needs_host(decision, devices):
+        return _plan(decision, (), (), (), (), list(decision.notes) + list(extra_notes))
+    if host is None:
+        raise ValueError("build_plan: the plan has nodes but no host facts were given")
     majors = host.majors
     nodes: list[DeviceNode] = []
     rules: list[CgroupRule] = []
@@ -120,10 +130,9 @@ def build_plan(decision: Decision, devices: tuple[Resolved, ...], host: HostInfo
         add(path, majors.caps, cap.minor, cap.file_mode, "r")
         return path
 
-    if decision.control_nodes or devices:
-        add("/dev/nvidiactl", majors.frontend, CTL_MINOR, NODE_MODE, "rwm")
-        add("/dev/nvidia-uvm", majors.uvm, 0, NODE_MODE, "rwm")
-        add("/dev/nvidia-uvm-tools", majors.uvm, 1, NODE_MODE, "rwm")
+    add("/dev/nvidiactl", majors.frontend, CTL_MINOR, NODE_MODE, "rwm")
+    add("/dev/nvidia-uvm", majors.uvm, 0, NODE_MODE, "rwm")
+    add("/dev/nvidia-uvm-tools", majors.uvm, 1, NODE_MODE, "rwm")
     if devices and "display" in decision.driver_capabilities:
         add("/dev/nvidia-modeset", majors.frontend, MODESET_MINOR, NODE_MODE, "rwm")
     for dev in devices:
@@ -149,15 +158,21 @@ def build_plan(decision: Decision, devices: tuple[Resolved, ...], host: HostInfo
         env = (("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),)
         notes.append("env CUDA_DEVICE_ORDER=PCI_BUS_ID: set by gpuhook-runtime (spec mode); "
                      "a prestart hook cannot change env")
+    return _plan(decision, tuple(planned), tuple(nodes), tuple(rules), env, notes)
+
+
+def _plan(decision: Decision, devices: tuple[PlannedDevice, ...],
+          nodes: tuple[DeviceNode, ...], rules: tuple[CgroupRule, ...],
+          env: tuple[tuple[str, str], ...], notes: list[str]) -> Plan:
     return Plan(
         privileged=decision.privileged,
         privileged_reason=decision.privileged_reason,
         source=decision.source,
         device_ids=decision.device_ids,
         ignored=decision.ignored,
-        devices=tuple(planned),
-        device_nodes=tuple(nodes),
-        cgroup_rules=tuple(rules),
+        devices=devices,
+        device_nodes=nodes,
+        cgroup_rules=rules,
         driver_capabilities=decision.driver_capabilities,
         env=env,
         mounts=(),

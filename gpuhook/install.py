@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +28,11 @@ from typing import Any
 import tomlkit
 import tomlkit.items
 
+from gpuhook.atomic import fsync_dir, write_atomic
+from gpuhook.spec_edit import HOOK_ARGS, HOOK_ENV
+
 BACKUP_SUFFIX = ".gpuhook.bak"
 RUNC_V2 = "io.containerd.runc.v2"
-HOOK_ARGS = ["gpuhook", "hook", "prestart"]
-HOOK_ENV = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
 RUNTIME_EXE = "gpuhook-runtime"
 
 DEFAULTS = {
@@ -141,52 +141,19 @@ def write(changes: list[Change]) -> list[str]:
     done: list[str] = []
     for c in changes:
         if c.changes and c.backup and c.old is not None and not os.path.exists(c.backup):
-            _atomic_write(c.backup, c.old, c.path)
+            write_atomic(c.backup, c.old, c.path)
             done.append(f"backup: {c.backup}")
         if c.changes and c.new is None:
             os.unlink(c.path)
-            _fsync_dir(os.path.dirname(os.path.abspath(c.path)))
+            fsync_dir(os.path.dirname(os.path.abspath(c.path)))
             done.append(f"removed: {c.path}")
         elif c.changes and c.new is not None:
-            _atomic_write(c.path, c.new, c.path)
+            write_atomic(c.path, c.new, c.path)
             done.append(f"wrote: {c.path}")
         if c.drop_backup and os.path.exists(c.drop_backup):
             os.unlink(c.drop_backup)
             done.append(f"removed backup: {c.drop_backup}")
     return done
-
-
-def _atomic_write(path: str, data: bytes, mode_from: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    try:
-        st: os.stat_result | None = os.stat(mode_from)
-    except FileNotFoundError:
-        st = None
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), (st.st_mode & 0o7777) if st else 0o644)
-            if st is not None and os.geteuid() == 0:
-                os.fchown(f.fileno(), st.st_uid, st.st_gid)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make the rename itself durable."""
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 # ---- containerd -------------------------------------------------------------------------------
@@ -476,13 +443,11 @@ def plan_install(opts: Options) -> tuple[list[Change], str]:
     if r == "containerd":
         return _containerd_install(opts), RESTART[r]
     if r == "crio":
-        path = os.path.join(opts.drop_in_dir or DEFAULTS["crio_drop_in_dir"], DROP_IN_NAME[r])
-        return [_owned_file(path, crio_drop_in(opts).encode())], RESTART[r]
+        return [_owned_file(_owned_path(opts), crio_drop_in(opts).encode())], RESTART[r]
     if r == "docker":
         return [_docker_install(opts)], RESTART[r]
     if r == "podman":
-        path = os.path.join(opts.hooks_dir or DEFAULTS["hooks_dir"], HOOK_FILE)
-        return [_owned_file(path, hooks_json(opts).encode())], RESTART[r]
+        return [_owned_file(_owned_path(opts), hooks_json(opts).encode())], RESTART[r]
     raise InstallError(f"unknown runtime {r!r}")
 
 
@@ -490,15 +455,19 @@ def plan_uninstall(opts: Options) -> tuple[list[Change], str]:
     r = opts.runtime
     if r == "containerd":
         return _containerd_uninstall(opts), RESTART[r]
-    if r == "crio":
-        path = os.path.join(opts.drop_in_dir or DEFAULTS["crio_drop_in_dir"], DROP_IN_NAME[r])
-        return [_remove_owned(path, opts)], RESTART[r]
+    if r in ("crio", "podman"):
+        return [_remove_owned(_owned_path(opts), opts)], RESTART[r]
     if r == "docker":
         return [_docker_uninstall(opts)], RESTART[r]
-    if r == "podman":
-        path = os.path.join(opts.hooks_dir or DEFAULTS["hooks_dir"], HOOK_FILE)
-        return [_remove_owned(path, opts)], RESTART[r]
     raise InstallError(f"unknown runtime {r!r}")
+
+
+def _owned_path(opts: Options) -> str:
+    """The whole file gpuhook writes for CRI-O (a drop-in) or podman (a hooks.d entry)."""
+    if opts.runtime == "crio":
+        return os.path.join(opts.drop_in_dir or DEFAULTS["crio_drop_in_dir"],
+                            DROP_IN_NAME["crio"])
+    return os.path.join(opts.hooks_dir or DEFAULTS["hooks_dir"], HOOK_FILE)
 
 
 def _owned_file(path: str, content: bytes) -> Change:

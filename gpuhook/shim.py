@@ -249,6 +249,8 @@ def prepare_bundle(path: str, raw: bytes, config: Config, record: dict[str, Any]
 
         raise InputError(f"spec {path}: a number out of JSON's range (1e400?) cannot be "
                          "written back") from None
+    from gpuhook.atomic import write_atomic
+
     write_atomic(path, data.encode())
     return "edited"
 
@@ -275,37 +277,6 @@ def gpuhook_executable(argv0: str | None = None) -> str:
             return cand
     raise ShimError(f"hook mode: no gpuhook executable next to {argv0 or sys.argv[0]}, "
                     f"{sys.executable} or on PATH")
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Temp file in the same dir, same mode (and owner where allowed), fsync, rename, fsync dir."""
-    import contextlib
-    import tempfile
-
-    st = os.stat(path)
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".config.json.", suffix=".gpuhook", dir=directory)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fchmod(fd, st.st_mode & 0o7777)
-            if os.geteuid() == 0:
-                os.fchown(fd, st.st_uid, st.st_gid)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 # ---- reporting -------------------------------------------------------------------------------

@@ -63,9 +63,10 @@ def dry_run(bundle: str, config_path: str | None, inventory: str | None,
       gpuhook dry-run examples/bundle --config examples/config.toml
     """
     from gpuhook.config import load_config
+    from gpuhook.decide.render import render_json, render_text
+    from gpuhook.decide.spec import MAX_SPEC_BYTES, parse_spec
     from gpuhook.pipeline import plan_for_spec
-    from gpuhook.render import render_json, render_text
-    from gpuhook.spec import MAX_SPEC_BYTES, parse_spec, read_limited
+    from gpuhook.runtime.bundle import read_limited
 
     try:
         config = load_config(config_path).with_overrides(

@@ -9,9 +9,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from gpuhook.plan import Plan
-from gpuhook.render import plan_json
-from gpuhook.request import loggable_env
+from gpuhook.decide.plan import Plan
+from gpuhook.decide.render import plan_json
+from gpuhook.decide.request import loggable_env
 
 
 def log_decision(path: str, record: dict[str, Any]) -> None:

@@ -9,9 +9,10 @@ problem. No `typing` import here either (~7 ms), nor `__future__`: the annotatio
 valid at run time. Measured in bench/run (P1, importtime).
 """
 
-DEV_NULL = "/dev/null"
-MAX_STATE_BYTES = 1 << 20  # the hook's state on stdin
-MAX_SPEC_BYTES = 16 << 20  # a bundle's config.json
+from gpuhook.limits import DEV_NULL, MAX_SPEC_BYTES, MAX_STATE_BYTES
+
+__all__ = ["DEV_NULL", "MAX_SPEC_BYTES", "MAX_STATE_BYTES", "loads", "might_request"]
+
 _WS = " \t\n\r"
 
 

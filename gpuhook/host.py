@@ -6,8 +6,9 @@ Parsers take text and are pure; the readers are thin wrappers over `HostPaths`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from gpuhook.decide.facts import Capability, Majors
 from gpuhook.errors import HostError
 
 NVIDIA_FRONTEND_FALLBACK_MAJOR = 195
@@ -35,26 +36,6 @@ class HostPaths:
             raise HostError(f"cannot read {path}: {e.strerror}") from None
         except UnicodeDecodeError:
             raise HostError(f"cannot read {path}: not UTF-8 text") from None
-
-
-@dataclass(frozen=True)
-class Majors:
-    frontend: int
-    uvm: int
-    caps: int | None  # None when nvidia-caps is not registered (no MIG-capable driver)
-
-
-@dataclass(frozen=True)
-class Capability:
-    name: str  # mig-minors key: "gpu0/gi1/access", "gpu0/gi1/ci0/access", "monitor", "config"
-    minor: int
-    file_mode: int
-
-
-@dataclass(frozen=True)
-class HostInfo:
-    majors: Majors
-    capabilities: Mapping[str, Capability] = field(default_factory=dict)
 
 
 def parse_proc_devices(text: str) -> dict[str, int]:

@@ -9,20 +9,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from gpuhook.config import Config
+from gpuhook.decide.facts import Capability, HostInfo
+from gpuhook.decide.plan import Plan, build_plan, needed_capabilities, needs_host
+from gpuhook.decide.policy import decide
+from gpuhook.decide.request import extract_request
+from gpuhook.decide.resolve import Resolved, check_requirements, resolve
+from gpuhook.decide.spec import SpecView
 from gpuhook.errors import HostError
 from gpuhook.host import (
-    Capability,
-    HostInfo,
     HostPaths,
     read_capabilities,
     read_majors,
     read_mig_minors,
 )
-from gpuhook.plan import Plan, build_plan, needed_capabilities, needs_host
-from gpuhook.policy import decide
-from gpuhook.request import extract_request
-from gpuhook.resolve import Resolved, check_requirements, resolve
-from gpuhook.spec import SpecView
 
 
 def plan_for_spec(spec: SpecView, config: Config) -> Plan:

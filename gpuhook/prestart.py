@@ -8,10 +8,11 @@ import sys
 from typing import Any
 
 from gpuhook.config import Config, load_config
+from gpuhook.decide.spec import MAX_SPEC_BYTES, parse_spec, parse_state
 from gpuhook.decision_log import log_decision, plan_record
 from gpuhook.errors import ApplyError, GpuhookError
 from gpuhook.pipeline import plan_for_spec
-from gpuhook.spec import MAX_SPEC_BYTES, parse_spec, parse_state, read_limited
+from gpuhook.runtime.bundle import read_limited
 
 
 def run(config_path: str | None, state_raw: bytes, spec_raw: bytes | None) -> int:

@@ -217,10 +217,10 @@ def prepare_bundle(path: str, raw: bytes, config: Config, record: dict[str, Any]
     import json
 
     from gpuhook import spec_edit
+    from gpuhook.decide.spec import decode_json, spec_view
     from gpuhook.decision_log import plan_record
     from gpuhook.fastpath import MAX_SPEC_BYTES
     from gpuhook.pipeline import plan_for_spec
-    from gpuhook.spec import decode_json, spec_view
 
     if len(raw) > MAX_SPEC_BYTES:
         from gpuhook.errors import InputError

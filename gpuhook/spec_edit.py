@@ -22,8 +22,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from gpuhook.decide.plan import Plan
 from gpuhook.errors import InputError
-from gpuhook.plan import Plan
 
 HOOK_ARGS = ("gpuhook", "hook", "prestart")
 HOOK_ENV = ("PATH=/usr/sbin:/usr/bin:/sbin:/bin",)

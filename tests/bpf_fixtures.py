@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from gpuhook.apply import bpf
 from gpuhook.apply.bpf import ALU_AND, ALU_MOV, ALU_RSH, JMP_JNE, R1, R2, R3, R4, R5, Insn
-from gpuhook.plan import CgroupRule
+from gpuhook.decide.plan import CgroupRule
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gpuhook.apply import cgroup, nodes, ns
+from gpuhook.decide.plan import CgroupRule, Plan
 from gpuhook.errors import ApplyError
-from gpuhook.plan import CgroupRule, Plan
 
 
 def apply_plan(plan: Plan, pid: int, rootfs: str) -> list[str]:

@@ -24,8 +24,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from gpuhook.decide.plan import CgroupRule
 from gpuhook.errors import ApplyError
-from gpuhook.plan import CgroupRule
 
 # --- eBPF instruction encoding (include/uapi/linux/bpf.h, bpf_common.h) --------------------------
 

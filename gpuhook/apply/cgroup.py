@@ -15,8 +15,8 @@ import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gpuhook.decide.plan import CgroupRule
 from gpuhook.errors import ApplyError
-from gpuhook.plan import CgroupRule
 
 CGROUP_BASE = "/sys/fs/cgroup"
 

@@ -18,8 +18,8 @@ import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from gpuhook.decide.plan import DeviceNode
 from gpuhook.errors import ApplyError
-from gpuhook.plan import DeviceNode
 
 DIR_MODE = 0o755
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -25,8 +25,8 @@ import pytest
 
 from gpuhook.apply import bpf
 from gpuhook.apply.bpf import ANY, Insn
+from gpuhook.decide.plan import CgroupRule
 from gpuhook.errors import ApplyError
-from gpuhook.plan import CgroupRule
 from tests.bpf_fixtures import RUNC_DEFAULTS, RuncRule, b, c, runc_style_program
 
 pytestmark = pytest.mark.e2e

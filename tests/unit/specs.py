@@ -7,9 +7,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from gpuhook.config import Config
+from gpuhook.decide.plan import Plan
+from gpuhook.decide.spec import parse_spec
 from gpuhook.pipeline import plan_for_spec
-from gpuhook.plan import Plan
-from gpuhook.spec import parse_spec
 from tests.conftest import HOSTS, INVENTORIES
 
 ROOT = "/var/run/nvidia-container-devices"

@@ -26,8 +26,8 @@ from gpuhook.apply.cgroup import (
     parse_mountinfo,
     v1_rule_line,
 )
+from gpuhook.decide.plan import CgroupRule
 from gpuhook.errors import ApplyError
-from gpuhook.plan import CgroupRule
 
 HYBRID = """\
 22 27 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from gpuhook.apply import bpf
 from gpuhook.apply.bpf import ANY, Insn
+from gpuhook.decide.plan import CgroupRule
 from gpuhook.errors import ApplyError
-from gpuhook.plan import CgroupRule
 from tests.bpf_fixtures import RUNC_DEFAULTS, RuncRule, b, c, runc_style_program
 
 MASK64 = (1 << 64) - 1

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from gpuhook.cli import cli
 from gpuhook.config import Config
+from gpuhook.decide.spec import parse_spec
 from gpuhook.errors import HostError, ResolveError
 from gpuhook.host import HostPaths, read_mig_minors
 from gpuhook.inventory.load import load_for_plan, load_inventory_noted, read_backend
@@ -33,7 +34,6 @@ from gpuhook.inventory.snapshot import (
     write_snapshot,
 )
 from gpuhook.pipeline import plan_for_spec
-from gpuhook.spec import parse_spec
 from tests.conftest import HOSTS, INVENTORIES
 
 CAPS = "proc/driver/nvidia/capabilities"

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gpuhook.errors import InputError
-from gpuhook.fastpath import MAX_SPEC_BYTES, MAX_STATE_BYTES
+from gpuhook.limits import MAX_SPEC_BYTES, MAX_STATE_BYTES
 
 __all__ = ["MAX_SPEC_BYTES", "MAX_STATE_BYTES", "SpecView", "State", "parse_spec", "parse_state",
            "spec_view"]
@@ -43,15 +43,6 @@ class State:
     pid: int
     bundle: str
     annotations: Mapping[str, str]
-
-
-def read_limited(path: str, limit: int, what: str) -> bytes:
-    """At most limit + 1 bytes of `path`: the parsers refuse anything over the limit."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(limit + 1)
-    except OSError as e:
-        raise InputError(f"{what} {path}: {e.strerror}") from None
 
 
 def _check_size(data: bytes, limit: int, what: str) -> None:

@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gpuhook.config import Config
-from gpuhook.errors import PolicyError
-from gpuhook.request import (
+from gpuhook.decide.request import (
     DEFAULT_DRIVER_CAPS,
     ENV_MIG_CONFIG,
     ENV_MIG_MONITOR,
@@ -22,6 +21,7 @@ from gpuhook.request import (
     Ignored,
     Request,
 )
+from gpuhook.errors import PolicyError
 
 SOURCE_MOUNTS = "volume-mounts"
 SOURCE_ENV = "envvar"

@@ -9,14 +9,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpuhook.config import Config
+from gpuhook.decide.facts import Capability, HostInfo, Majors
+from gpuhook.decide.plan import Plan, build_plan, needed_capabilities
+from gpuhook.decide.policy import decide
+from gpuhook.decide.request import extract_request
+from gpuhook.decide.resolve import resolve
+from gpuhook.decide.spec import parse_spec
 from gpuhook.errors import GpuhookError
-from gpuhook.host import Capability, HostInfo, Majors
 from gpuhook.inventory import Gpu, Inventory, MigDevice
-from gpuhook.plan import Plan, build_plan, needed_capabilities
-from gpuhook.policy import decide
-from gpuhook.request import extract_request
-from gpuhook.resolve import resolve
-from gpuhook.spec import parse_spec
 from tests.unit.specs import ROOT
 
 MAJORS = Majors(frontend=195, uvm=510, caps=511)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpuhook.host import HostInfo
-from gpuhook.policy import Decision
-from gpuhook.request import Ignored
-from gpuhook.resolve import Resolved
+from gpuhook.decide.facts import HostInfo
+from gpuhook.decide.policy import Decision
+from gpuhook.decide.request import Ignored
+from gpuhook.decide.resolve import Resolved
 
 NODE_MODE = 0o666
 CTL_MINOR = 255

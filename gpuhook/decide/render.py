@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gpuhook.plan import Plan
+from gpuhook.decide.plan import Plan
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from gpuhook.errors import ResolveError
-from gpuhook.inventory import Gpu, Inventory, MigDevice
+from gpuhook.inventory.model import Gpu, Inventory, MigDevice
 
 _INDEX = re.compile(r"^\d+$")
 _MIG_INDEX = re.compile(r"^(\d+):(\d+)$")

@@ -6,9 +6,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from gpuhook.decide.spec import SpecView
 from gpuhook.errors import InputError
-from gpuhook.fastpath import DEV_NULL
-from gpuhook.spec import SpecView
+from gpuhook.limits import DEV_NULL
 
 ENV_VISIBLE = "NVIDIA_VISIBLE_DEVICES"
 ENV_DRIVER_CAPS = "NVIDIA_DRIVER_CAPABILITIES"

@@ -16,7 +16,7 @@ from gpuhook.decide.request import extract_request
 from gpuhook.decide.resolve import Resolved, check_requirements, resolve
 from gpuhook.decide.spec import SpecView
 from gpuhook.errors import HostError
-from gpuhook.host import (
+from gpuhook.host.proc import (
     HostPaths,
     read_capabilities,
     read_majors,

@@ -42,7 +42,7 @@ from typing import Any
 
 from gpuhook.config import Config
 from gpuhook.errors import GpuhookError, HostError
-from gpuhook.host import (
+from gpuhook.host.proc import (
     CAPABILITIES_DIR,
     MIG_MINORS,
     PROC_DEVICES,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuhook.host import parse_mig_minors
+from gpuhook.host.proc import parse_mig_minors
 from tests.e2e import runc_harness as rh
 
 pytestmark = pytest.mark.e2e

@@ -22,7 +22,7 @@ from gpuhook.cli import cli
 from gpuhook.config import Config
 from gpuhook.decide.spec import parse_spec
 from gpuhook.errors import HostError, ResolveError
-from gpuhook.host import HostPaths, read_mig_minors
+from gpuhook.host.proc import HostPaths, read_mig_minors
 from gpuhook.inventory.load import load_for_plan, load_inventory_noted, read_backend
 from gpuhook.inventory.model import Inventory
 from gpuhook.inventory.snapshot import (

@@ -8,7 +8,7 @@ import pytest
 
 from gpuhook.config import Config, load_config, parse_config
 from gpuhook.errors import HostError, InputError
-from gpuhook.host import (
+from gpuhook.host.proc import (
     capability_file,
     majors_from_devices,
     parse_capability_file,

@@ -45,7 +45,7 @@ def _decide_and_apply(config: Config, state_raw: bytes, spec_raw: bytes | None,
         return 0
     root = spec.root_path or "rootfs"
     rootfs = root if os.path.isabs(root) else os.path.join(state.bundle, root)
-    from gpuhook.apply import apply_plan
+    from gpuhook.enforce import apply_plan
 
     try:
         record["applied"] = apply_plan(plan, state.pid, rootfs)

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gpuhook.apply import bpf
-from gpuhook.apply.bpf import ALU_AND, ALU_MOV, ALU_RSH, JMP_JNE, R1, R2, R3, R4, R5, Insn
 from gpuhook.decide.plan import CgroupRule
+from gpuhook.enforce import bpf
+from gpuhook.enforce.bpf import ALU_AND, ALU_MOV, ALU_RSH, JMP_JNE, R1, R2, R3, R4, R5, Insn
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gpuhook.apply.cgroup import (
+from gpuhook.decide.plan import CgroupRule
+from gpuhook.enforce.cgroup import (
     CgroupEntry,
     DeviceCgroup,
     allow_v1,
@@ -26,7 +27,6 @@ from gpuhook.apply.cgroup import (
     parse_mountinfo,
     v1_rule_line,
 )
-from gpuhook.decide.plan import CgroupRule
 from gpuhook.errors import ApplyError
 
 HYBRID = """\

@@ -6,7 +6,7 @@ Every path is walked from a directory fd of the rootfs, one component at a time,
 the walk fail, so nothing is ever written outside the rootfs (CVE-2024-0132/0134 class). The
 rootfs path itself comes from the bundle, which the runtime controls.
 
-These functions do plain file-system work; `gpuhook.apply` runs them inside the container's
+These functions do plain file-system work; `gpuhook.enforce` runs them inside the container's
 mount namespace (where runc's /dev tmpfs is mounted on `<rootfs>/dev`).
 """
 

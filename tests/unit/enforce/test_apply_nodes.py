@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gpuhook.apply.nodes import NodeReport, create_nodes, remove_nodes, split_container_path
 from gpuhook.decide.plan import DeviceNode
+from gpuhook.enforce.nodes import NodeReport, create_nodes, remove_nodes, split_container_path
 from gpuhook.errors import ApplyError
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from gpuhook.apply import apply_to
-from gpuhook.apply.cgroup import DeviceCgroup
-from gpuhook.apply.ns import NamespaceWorkError, run_forked, run_in_mount_ns
+from gpuhook.enforce import apply_to
+from gpuhook.enforce.cgroup import DeviceCgroup
+from gpuhook.enforce.ns import NamespaceWorkError, run_forked, run_in_mount_ns
 from gpuhook.errors import ApplyError
 from tests.unit import specs
 

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpuhook.apply import bpf
-from gpuhook.apply.bpf import ANY, Insn
 from gpuhook.decide.plan import CgroupRule
+from gpuhook.enforce import bpf
+from gpuhook.enforce.bpf import ANY, Insn
 from gpuhook.errors import ApplyError
 from tests.bpf_fixtures import RUNC_DEFAULTS, RuncRule, b, c, runc_style_program
 

@@ -17,8 +17,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gpuhook.apply import cgroup, nodes, ns
 from gpuhook.decide.plan import CgroupRule, Plan
+from gpuhook.enforce import cgroup, nodes, ns
 from gpuhook.errors import ApplyError
 
 
@@ -52,7 +52,7 @@ def allow_devices(target: cgroup.DeviceCgroup, rules: Sequence[CgroupRule]) -> l
     if target.version == 1:
         lines = cgroup.allow_v1(target.path, rules)
         return [f"cgroup v1 {target.path}: allow {line}" for line in lines]
-    from gpuhook.apply import bpf  # ctypes + BPF encoding: only hosts in v2 mode pay for it
+    from gpuhook.enforce import bpf  # ctypes + BPF encoding: only hosts in v2 mode pay for it
 
     return [bpf.add_device_rules(target.path, rules)]
 

@@ -172,7 +172,7 @@ def importtime(b: Bench) -> Result:
     r.figures["modules the hook adds, by self time (self us / cumulative us)"] = [
         f"{k}: {v[0]} / {v[1]}" for k, v in added]
     heavy = [m for m in ("click", "yaml", "pynvml", "tomllib", "gpuhook.config",
-                         "gpuhook.pipeline") if m in hook]
+                         "gpuhook.runtime.pipeline") if m in hook]
     r.figures["heavy modules on the path"] = ", ".join(heavy) or "none"
     return r
 

@@ -65,8 +65,8 @@ def dry_run(bundle: str, config_path: str | None, inventory: str | None,
     from gpuhook.config import load_config
     from gpuhook.decide.render import render_json, render_text
     from gpuhook.decide.spec import MAX_SPEC_BYTES, parse_spec
-    from gpuhook.pipeline import plan_for_spec
     from gpuhook.runtime.bundle import read_limited
+    from gpuhook.runtime.pipeline import plan_for_spec
 
     try:
         config = load_config(config_path).with_overrides(
@@ -100,7 +100,7 @@ def hook_prestart(config_path: str | None) -> None:
     Exit 0: applied, or nothing to do. Non-zero: the container must not start; one line on
     stderr says why, and a JSON line goes to the log file.
     """
-    from gpuhook.hook import prestart_main
+    from gpuhook.runtime.hook import prestart_main
 
     sys.exit(prestart_main(["--config", config_path] if config_path else []))
 

@@ -7,7 +7,7 @@ import sys
 def main() -> None:
     argv = sys.argv[1:]
     if argv[:2] == ["hook", "prestart"] and not {"-h", "--help"} & set(argv[2:]):
-        from gpuhook.hook import prestart_main
+        from gpuhook.runtime.hook import prestart_main
 
         sys.exit(prestart_main(argv[2:]))
     from gpuhook.cli import cli
@@ -16,6 +16,6 @@ def main() -> None:
 
 
 def runtime_main() -> None:
-    from gpuhook.shim import main as shim_main
+    from gpuhook.runtime.shim import main as shim_main
 
     sys.exit(shim_main(sys.argv))

@@ -29,7 +29,7 @@ import tomlkit
 import tomlkit.items
 
 from gpuhook.atomic import fsync_dir, write_atomic
-from gpuhook.spec_edit import HOOK_ARGS, HOOK_ENV
+from gpuhook.runtime.spec_edit import HOOK_ARGS, HOOK_ENV
 
 BACKUP_SUFFIX = ".gpuhook.bak"
 RUNC_V2 = "io.containerd.runc.v2"

@@ -9,7 +9,7 @@ from typing import Any
 from gpuhook.config import Config
 from gpuhook.decide.plan import Plan
 from gpuhook.decide.spec import parse_spec
-from gpuhook.pipeline import plan_for_spec
+from gpuhook.runtime.pipeline import plan_for_spec
 from tests.conftest import HOSTS, INVENTORIES
 
 ROOT = "/var/run/nvidia-container-devices"

@@ -33,7 +33,7 @@ from gpuhook.inventory.snapshot import (
     read_snapshot,
     write_snapshot,
 )
-from gpuhook.pipeline import plan_for_spec
+from gpuhook.runtime.pipeline import plan_for_spec
 from tests.conftest import HOSTS, INVENTORIES
 
 CAPS = "proc/driver/nvidia/capabilities"

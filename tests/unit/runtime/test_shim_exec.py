@@ -345,8 +345,8 @@ def test_the_common_paths_import_no_click_yaml_or_nvml(world: World, args: list[
                         env=world.env(PYTHONPROFILEIMPORTTIME="1"))
     assert result.returncode == 7
     modules = imported_modules(result.stderr)
-    assert "gpuhook.shim" in modules
-    assert not modules & {"click", "yaml", "pynvml", "tomlkit", "gpuhook.pipeline"}
+    assert "gpuhook.runtime.shim" in modules
+    assert not modules & {"click", "yaml", "pynvml", "tomlkit", "gpuhook.runtime.pipeline"}
 
 
 def test_a_number_json_cannot_write_back_fails_create_cleanly(world: World) -> None:

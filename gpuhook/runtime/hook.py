@@ -7,7 +7,7 @@ config, no click, no YAML, no NVML (see fastpath.py).
 import os
 import sys
 
-from gpuhook.fastpath import MAX_SPEC_BYTES, MAX_STATE_BYTES, loads, might_request
+from gpuhook.runtime.fastpath import MAX_SPEC_BYTES, MAX_STATE_BYTES, loads, might_request
 
 
 def prestart_main(args: list[str]) -> int:
@@ -42,6 +42,6 @@ def _config_arg(args: list[str]) -> str | bool | None:
 
 
 def _full(config_path: str | None, state_raw: bytes, spec_raw: bytes | None) -> int:
-    from gpuhook.prestart import run
+    from gpuhook.runtime.prestart import run
 
     return run(config_path, state_raw, spec_raw)

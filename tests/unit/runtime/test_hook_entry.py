@@ -12,7 +12,7 @@ import pytest
 
 from tests.unit.specs import MIG8, MIG8_HOST, spec
 
-HEAVY = ("click", "yaml", "pynvml", "tomllib", "gpuhook.config", "gpuhook.pipeline")
+HEAVY = ("click", "yaml", "pynvml", "tomllib", "gpuhook.config", "gpuhook.runtime.pipeline")
 
 
 def run_hook(tmp_path: Path, s: dict[str, Any] | None, state: bytes | None = None,
@@ -43,7 +43,7 @@ def test_no_request_exits_zero_without_heavy_imports_or_log(tmp_path: Path) -> N
     r, log = run_hook(tmp_path, spec(env=["HOME=/root"]), importtime=True)
     assert r.returncode == 0
     mods = imported(r.stderr)
-    assert "gpuhook.hook" in mods, "importtime output was read"
+    assert "gpuhook.runtime.hook" in mods, "importtime output was read"
     assert not {m for m in mods if m.split(".")[0] in HEAVY or m in HEAVY}
     assert not log.exists(), "a container that asked for nothing leaves no trace"
 

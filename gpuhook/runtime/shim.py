@@ -189,7 +189,7 @@ def exec_runtime(runtime: str, argv: list[str]) -> None:
 
 def read_spec(bundle: str) -> tuple[str, bytes]:
     """<bundle>/config.json's path and bytes (at most the spec limit + 1)."""
-    from gpuhook.fastpath import MAX_SPEC_BYTES
+    from gpuhook.runtime.fastpath import MAX_SPEC_BYTES
 
     path = os.path.join(bundle, "config.json")
     try:
@@ -202,8 +202,8 @@ def read_spec(bundle: str) -> tuple[str, bytes]:
 
 
 def might_request(raw: bytes) -> bool:
-    from gpuhook.fastpath import loads
-    from gpuhook.fastpath import might_request as spec_might_request
+    from gpuhook.runtime.fastpath import loads
+    from gpuhook.runtime.fastpath import might_request as spec_might_request
 
     try:
         return spec_might_request(loads(raw))
@@ -216,11 +216,11 @@ def prepare_bundle(path: str, raw: bytes, config: Config, record: dict[str, Any]
     Returns what happened: "untouched" (empty plan, or already edited) or "edited"."""
     import json
 
-    from gpuhook import spec_edit
     from gpuhook.decide.spec import decode_json, spec_view
-    from gpuhook.decision_log import plan_record
-    from gpuhook.fastpath import MAX_SPEC_BYTES
-    from gpuhook.pipeline import plan_for_spec
+    from gpuhook.runtime import spec_edit
+    from gpuhook.runtime.decision_log import plan_record
+    from gpuhook.runtime.fastpath import MAX_SPEC_BYTES
+    from gpuhook.runtime.pipeline import plan_for_spec
 
     if len(raw) > MAX_SPEC_BYTES:
         from gpuhook.errors import InputError
@@ -257,7 +257,7 @@ def prepare_bundle(path: str, raw: bytes, config: Config, record: dict[str, Any]
 
 def hook_args(config_source: str) -> tuple[str, ...]:
     from gpuhook.config import SYSTEM_CONFIG
-    from gpuhook.spec_edit import HOOK_ARGS
+    from gpuhook.runtime.spec_edit import HOOK_ARGS
 
     # The hook runs with a minimal environment: a config found through $GPUHOOK_CONFIG must be
     # named on its command line.
@@ -354,7 +354,7 @@ def _run(argv: list[str], inv: Invocation) -> int:
         raise
     finally:
         if config is not None and "decision" in record:
-            from gpuhook.decision_log import log_decision
+            from gpuhook.runtime.decision_log import log_decision
 
             log_decision(config.log_file, record)
     exec_runtime(runtime, argv)

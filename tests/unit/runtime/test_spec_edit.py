@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gpuhook import spec_edit
 from gpuhook.errors import InputError
+from gpuhook.runtime import spec_edit
 from tests.unit import specs
 
 MIG_UUID = "MIG-205e24ca-2066-514f-80c3-cb66869f6a1b"

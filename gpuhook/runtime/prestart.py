@@ -1,5 +1,5 @@
 """The prestart hook's full path, for containers that may have asked for something: validate
-state and spec, compute the Plan, apply it, and log the decision (gpuhook/hook.py decides when)."""
+state and spec, compute the Plan, apply it, and log the decision (runtime/hook.py decides when)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 
 from gpuhook.config import Config, load_config
 from gpuhook.decide.spec import MAX_SPEC_BYTES, parse_spec, parse_state
-from gpuhook.decision_log import log_decision, plan_record
 from gpuhook.errors import ApplyError, GpuhookError
-from gpuhook.pipeline import plan_for_spec
 from gpuhook.runtime.bundle import read_limited
+from gpuhook.runtime.decision_log import log_decision, plan_record
+from gpuhook.runtime.pipeline import plan_for_spec
 
 
 def run(config_path: str | None, state_raw: bytes, spec_raw: bytes | None) -> int:

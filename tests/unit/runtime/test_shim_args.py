@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpuhook.shim import Invocation, parse_args, runtime_log_line
+from gpuhook.runtime.shim import Invocation, parse_args, runtime_log_line
 
 CASES: list[tuple[str, list[str], Invocation]] = [
     ("containerd's create call",

@@ -81,7 +81,7 @@ def install(runtime: str, config: str | None, name: str, drop_in: bool,
       gpuhook install --runtime docker --config /etc/docker/daemon.json
       gpuhook install --runtime podman --hooks-dir /etc/containers/oci/hooks.d
     """
-    from gpuhook import install as inst
+    from gpuhook import engines as inst
 
     try:
         opts = inst.Options(
@@ -121,7 +121,7 @@ def uninstall(runtime: str, config: str | None, name: str, drop_in: bool,
       gpuhook uninstall --runtime containerd
       gpuhook uninstall --runtime podman
     """
-    from gpuhook import install as inst
+    from gpuhook import engines as inst
 
     del drop_in  # both forms are always cleaned up
     try:
@@ -144,7 +144,7 @@ def _check(opts: Any) -> None:
 
 
 def _finish(changes: list[Any], restart: str, dry_run: bool, verb: str) -> None:
-    from gpuhook import install as inst
+    from gpuhook import engines as inst
 
     if dry_run:
         text = inst.diff(changes)

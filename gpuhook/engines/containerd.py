@@ -1,8 +1,7 @@
-"""`gpuhook install` / `uninstall` as data: each computes a list of file Changes from the files
-as they are; `--dry-run` prints their unified diff, otherwise they are written. Nothing here
-restarts a daemon.
+"""containerd: the runtime table in config.toml (v1, v2 and v3 layouts), optionally through a
+drop-in that the main config imports.
 
-containerd's config is edited with tomlkit so that comments, order and every other setting stay
+The config is edited with tomlkit so that comments, order and every other setting stay
 byte-identical: scalar keys are replaced in place, and the runtime's tables are appended as one
 block at the end of the file (TOML allows a table anywhere), indented like containerd's own
 `config default` output when the file is indented. The original is kept as `<config>.gpuhook.bak`;
@@ -14,13 +13,9 @@ place (runtime_type and options.BinaryName only), so keys the operator added to 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import glob
 import json
 import os
 import re
-import shutil
-import sys
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,135 +23,23 @@ from typing import Any
 import tomlkit
 import tomlkit.items
 
-from gpuhook.atomic import fsync_dir, write_atomic
-from gpuhook.runtime.spec_edit import HOOK_ARGS, HOOK_ENV
+from gpuhook.engines.common import (
+    BACKUP_SUFFIX,
+    DEFAULTS,
+    DROP_IN_NAME,
+    RUNTIME_EXE,
+    Change,
+    InstallError,
+    Options,
+    owned_file,
+    read_file,
+    remove_owned,
+    text_of,
+    toml_key,
+)
 
-BACKUP_SUFFIX = ".gpuhook.bak"
 RUNC_V2 = "io.containerd.runc.v2"
-RUNTIME_EXE = "gpuhook-runtime"
 
-DEFAULTS = {
-    "containerd_config": "/etc/containerd/config.toml",
-    "containerd_drop_in_dir": "/etc/containerd/conf.d",
-    "crio_drop_in_dir": "/etc/crio/crio.conf.d",
-    "docker_config": "/etc/docker/daemon.json",
-    "hooks_dir": "/usr/share/containers/oci/hooks.d",
-}
-DROP_IN_NAME = {"containerd": "99-gpuhook.toml", "crio": "99-gpuhook.conf"}
-HOOK_FILE = "gpuhook.json"
-PACKAGE = "gpuhook"
-DPKG_INFO_DIR = "/var/lib/dpkg/info"
-RESTART = {
-    "containerd": "systemctl restart containerd",
-    "crio": "systemctl restart crio",
-    "docker": "systemctl restart docker",
-    "podman": "",
-}
-
-
-class InstallError(Exception):
-    """The file cannot be edited safely; the message says which file and why."""
-
-
-@dataclass(frozen=True)
-class Change:
-    path: str
-    old: bytes | None  # None: the file does not exist
-    new: bytes | None  # None: remove the file
-    backup: str | None = None  # install: copy `old` here first (kept if it exists already)
-    drop_backup: str | None = None  # uninstall: the backup that `new` came from, to remove
-
-    @property
-    def changes(self) -> bool:
-        return self.old != self.new
-
-
-@dataclass(frozen=True)
-class Options:
-    runtime: str
-    name: str = "nvidia"
-    config: str | None = None
-    set_as_default: bool = False
-    drop_in: bool = False
-    drop_in_dir: str | None = None
-    hooks_dir: str | None = None
-    runtime_binary: str = ""
-    hook_binary: str = ""
-    hook_config: str | None = None
-    dpkg_info_dir: str = DPKG_INFO_DIR  # where <package>.list names the files a .deb owns
-
-
-# ---- locating the executables -----------------------------------------------------------------
-
-def find_executable(name: str) -> str:
-    """`name` next to the running gpuhook script, next to the interpreter, else on PATH."""
-    for d in (os.path.dirname(os.path.abspath(sys.argv[0])), os.path.dirname(sys.executable)):
-        cand = os.path.join(d, name)
-        if os.path.isfile(cand) and os.access(cand, os.X_OK):
-            return cand
-    found = shutil.which(name)
-    if found is None:
-        raise InstallError(f"cannot find {name} next to {sys.argv[0]}, {sys.executable} or on "
-                           "PATH; name it with --runtime-binary / --hook-binary")
-    return os.path.abspath(found)
-
-
-# ---- file helpers -----------------------------------------------------------------------------
-
-def read_file(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise InstallError(f"{path}: {e.strerror}") from None
-
-
-def _text(data: bytes | None, path: str) -> str:
-    if data is None:
-        return ""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InstallError(f"{path}: not UTF-8") from None
-
-
-def diff(changes: list[Change]) -> str:
-    out: list[str] = []
-    for c in changes:
-        if not c.changes:
-            continue
-        old = _text(c.old, c.path).splitlines(keepends=True)
-        new = _text(c.new, c.path).splitlines(keepends=True)
-        out.extend(difflib.unified_diff(old, new, "/dev/null" if c.old is None else c.path,
-                                        "/dev/null" if c.new is None else c.path))
-        if out and not out[-1].endswith("\n"):
-            out[-1] += "\n\\ No newline at end of file\n"
-    return "".join(out)
-
-
-def write(changes: list[Change]) -> list[str]:
-    """Apply the changes (backup first, then atomic replace). Returns one line per action."""
-    done: list[str] = []
-    for c in changes:
-        if c.changes and c.backup and c.old is not None and not os.path.exists(c.backup):
-            write_atomic(c.backup, c.old, c.path)
-            done.append(f"backup: {c.backup}")
-        if c.changes and c.new is None:
-            os.unlink(c.path)
-            fsync_dir(os.path.dirname(os.path.abspath(c.path)))
-            done.append(f"removed: {c.path}")
-        elif c.changes and c.new is not None:
-            write_atomic(c.path, c.new, c.path)
-            done.append(f"wrote: {c.path}")
-        if c.drop_backup and os.path.exists(c.drop_backup):
-            os.unlink(c.drop_backup)
-            done.append(f"removed backup: {c.drop_backup}")
-    return done
-
-
-# ---- containerd -------------------------------------------------------------------------------
 
 def containerd_version(doc: tomlkit.TOMLDocument) -> int:
     v = doc.get("version", 1)
@@ -271,23 +154,19 @@ def _key_indent(lines: list[str], header_at: int, default: str) -> str:
 
 
 def render_runtime_block(name: str, table: dict[str, Any], style: BlockStyle) -> str:
-    head = f"{style.prefix}.{_key(name)}"
+    head = f"{style.prefix}.{toml_key(name)}"
     lines = [f"{style.header}[{head}]"]
     subtables = []
     for key, value in table.items():
         if isinstance(value, dict):
             subtables.append((key, value))
             continue
-        lines.append(f"{style.key}{_key(key)} = {tomlkit.item(value).as_string()}")
+        lines.append(f"{style.key}{toml_key(key)} = {tomlkit.item(value).as_string()}")
     for key, value in subtables:
-        lines += ["", f"{style.sub_header}[{head}.{_key(key)}]"]
-        lines += [f"{style.sub_key}{_key(k)} = {tomlkit.item(v).as_string()}"
+        lines += ["", f"{style.sub_header}[{head}.{toml_key(key)}]"]
+        lines += [f"{style.sub_key}{toml_key(k)} = {tomlkit.item(v).as_string()}"
                   for k, v in value.items()]
     return "\n".join(lines) + "\n"
-
-
-def _key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
 
 
 def _set_scalar(table: Any, key: str, value: Any) -> None:
@@ -435,76 +314,6 @@ def _containerd_drop_in(doc: tomlkit.TOMLDocument, version: int, table: dict[str
     return tomlkit.dumps(out)
 
 
-# ---- plans ------------------------------------------------------------------------------------
-
-def plan_install(opts: Options) -> tuple[list[Change], str]:
-    """(changes, the command that restarts the daemon or "")."""
-    r = opts.runtime
-    if r == "containerd":
-        return _containerd_install(opts), RESTART[r]
-    if r == "crio":
-        return [_owned_file(_owned_path(opts), crio_drop_in(opts).encode())], RESTART[r]
-    if r == "docker":
-        return [_docker_install(opts)], RESTART[r]
-    if r == "podman":
-        return [_owned_file(_owned_path(opts), hooks_json(opts).encode())], RESTART[r]
-    raise InstallError(f"unknown runtime {r!r}")
-
-
-def plan_uninstall(opts: Options) -> tuple[list[Change], str]:
-    r = opts.runtime
-    if r == "containerd":
-        return _containerd_uninstall(opts), RESTART[r]
-    if r in ("crio", "podman"):
-        return [_remove_owned(_owned_path(opts), opts)], RESTART[r]
-    if r == "docker":
-        return [_docker_uninstall(opts)], RESTART[r]
-    raise InstallError(f"unknown runtime {r!r}")
-
-
-def _owned_path(opts: Options) -> str:
-    """The whole file gpuhook writes for CRI-O (a drop-in) or podman (a hooks.d entry)."""
-    if opts.runtime == "crio":
-        return os.path.join(opts.drop_in_dir or DEFAULTS["crio_drop_in_dir"],
-                            DROP_IN_NAME["crio"])
-    return os.path.join(opts.hooks_dir or DEFAULTS["hooks_dir"], HOOK_FILE)
-
-
-def _owned_file(path: str, content: bytes) -> Change:
-    old = read_file(path)
-    return Change(path, old, content, backup=path + BACKUP_SUFFIX)
-
-
-def _remove_owned(path: str, opts: Options) -> Change:
-    old = read_file(path)
-    backup = read_file(path + BACKUP_SUFFIX)
-    if backup is not None:
-        return Change(path, old, backup, drop_backup=path + BACKUP_SUFFIX)
-    if old is not None and _packaged(path, opts.dpkg_info_dir):
-        raise InstallError(f"{path} belongs to package {PACKAGE} (listed in "
-                           f"{opts.dpkg_info_dir}/{PACKAGE}.list); uninstall leaves it alone: "
-                           f"remove the package instead (apt-get remove {PACKAGE})")
-    return Change(path, old, None)
-
-
-def _packaged(path: str, info_dir: str) -> bool:
-    """Whether dpkg's file list of the package names `path` (read, dpkg is not run)."""
-    wanted = {os.path.normpath(os.path.abspath(path)), os.path.realpath(path)}
-    lists = [os.path.join(info_dir, f"{PACKAGE}.list"),
-             *glob.glob(os.path.join(glob.escape(info_dir), f"{PACKAGE}:*.list"))]
-    for name in lists:
-        try:
-            with open(name, encoding="utf-8", errors="replace") as f:
-                listed = {os.path.normpath(line.rstrip("\n")) for line in f if line.strip()}
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            raise InstallError(f"{name}: {e.strerror}") from None
-        if wanted & listed:
-            return True
-    return False
-
-
 def _containerd_config(opts: Options) -> str:
     return opts.config or DEFAULTS["containerd_config"]
 
@@ -514,10 +323,10 @@ def _drop_in_path(opts: Options) -> str:
                         DROP_IN_NAME["containerd"])
 
 
-def _containerd_install(opts: Options) -> list[Change]:
+def install(opts: Options) -> list[Change]:
     path = _containerd_config(opts)
     old = read_file(path)
-    text = _text(old, path)
+    text = text_of(old, path)
     drop_in = _drop_in_path(opts) if opts.drop_in else None
     try:
         main, drop_text = containerd_edit(text, opts, drop_in)
@@ -526,11 +335,11 @@ def _containerd_install(opts: Options) -> list[Change]:
     changes = [Change(path, old, main.encode(), backup=path + BACKUP_SUFFIX)]
     if drop_in is not None and drop_text is not None:
         # The drop-in first: the main config never imports a file that is not there yet.
-        changes.insert(0, _owned_file(drop_in, drop_text.encode()))
+        changes.insert(0, owned_file(drop_in, drop_text.encode()))
     return changes
 
 
-def _containerd_uninstall(opts: Options) -> list[Change]:
+def uninstall(opts: Options) -> list[Change]:
     path = _containerd_config(opts)
     old = read_file(path)
     if old is None:
@@ -539,11 +348,11 @@ def _containerd_uninstall(opts: Options) -> list[Change]:
     backup = read_file(backup_path)
     drop_in = _drop_in_path(opts)
     # The main config first, the drop-in after: never an import of a missing file.
-    last: list[Change] = [_remove_owned(drop_in, opts)] if os.path.exists(drop_in) else []
-    text = _text(old, path)
+    last: list[Change] = [remove_owned(drop_in, opts)] if os.path.exists(drop_in) else []
+    text = text_of(old, path)
     try:
         doc = tomlkit.parse(text)
-        bdoc = tomlkit.parse(_text(backup, backup_path)) if backup is not None else None
+        bdoc = tomlkit.parse(text_of(backup, backup_path)) if backup is not None else None
     except tomlkit.exceptions.TOMLKitError as e:
         raise InstallError(f"{path}: {e}") from None
     version = containerd_version(doc)
@@ -643,113 +452,3 @@ def _containerd_remove(doc: tomlkit.TOMLDocument, opts: Options, drop_in: str, v
     if out.endswith("\n\n") and not (bdoc is not None and bdoc.as_string().endswith("\n\n")):
         out = out.rstrip("\n") + "\n"
     return out
-
-
-# ---- CRI-O, Docker, hooks.d -------------------------------------------------------------------
-
-def crio_drop_in(opts: Options) -> str:
-    lines = ["# Written by `gpuhook install --runtime crio`; `gpuhook uninstall` removes it."]
-    if opts.set_as_default:
-        lines += ["[crio.runtime]", f"default_runtime = {json.dumps(opts.name)}", ""]
-    lines += [f"[crio.runtime.runtimes.{_key(opts.name)}]",
-              f"runtime_path = {json.dumps(opts.runtime_binary)}",
-              'runtime_type = "oci"']
-    return "\n".join(lines) + "\n"
-
-
-def hooks_json(opts: Options) -> str:
-    args = list(HOOK_ARGS)
-    if opts.hook_config:
-        args += ["--config", opts.hook_config]
-    hook = {"version": "1.0.0",
-            "hook": {"path": opts.hook_binary, "args": args, "env": list(HOOK_ENV)},
-            "when": {"always": True},
-            "stages": ["prestart"]}
-    return json.dumps(hook, indent=2) + "\n"
-
-
-def _load_json(path: str, data: bytes | None) -> dict[str, Any]:
-    if data is None or not data.strip():
-        return {}
-    try:
-        value = json.loads(data)
-    except ValueError as e:
-        raise InstallError(f"{path}: invalid JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise InstallError(f"{path}: expected a JSON object")
-    return value
-
-
-def _docker_install(opts: Options) -> Change:
-    path = opts.config or DEFAULTS["docker_config"]
-    return _docker_edit(path, read_file(path), opts)
-
-
-def _docker_edit(path: str, old: bytes | None, opts: Options) -> Change:
-    data = _load_json(path, old)
-    want = dict(data)
-    runtimes = want.get("runtimes") or {}
-    if not isinstance(runtimes, dict):
-        raise InstallError(f"{path}: runtimes must be an object")
-    prev = runtimes.get(opts.name) or {}
-    if not isinstance(prev, dict):
-        raise InstallError(f"{path}: runtimes.{opts.name} must be an object")
-    entry = {**prev, "path": opts.runtime_binary}
-    runtimes = {**runtimes, opts.name: entry}
-    want["runtimes"] = runtimes
-    if opts.set_as_default:
-        want["default-runtime"] = opts.name
-    if want == data and old is not None:
-        return Change(path, old, old)
-    return Change(path, old, (json.dumps(want, indent=4) + "\n").encode(),
-                  backup=path + BACKUP_SUFFIX)
-
-
-def _docker_uninstall(opts: Options) -> Change:
-    path = opts.config or DEFAULTS["docker_config"]
-    old = read_file(path)
-    if old is None:
-        raise InstallError(f"{path}: no such file")
-    backup_path = path + BACKUP_SUFFIX
-    backup = read_file(backup_path)
-    data = _load_json(path, old)
-    before = _load_json(backup_path, backup) if backup is not None else None
-
-    def strip(d: dict[str, Any]) -> dict[str, Any]:
-        d = json.loads(json.dumps(d))
-        if isinstance(d.get("runtimes"), dict):
-            d["runtimes"].pop(opts.name, None)
-            if not d["runtimes"] and (before is None or "runtimes" not in before):
-                d.pop("runtimes")  # install made it; an empty one that was there stays
-        if d.get("default-runtime") == opts.name:
-            d.pop("default-runtime")
-            if before is not None and "default-runtime" in before:
-                d["default-runtime"] = before["default-runtime"]
-        return d
-
-    if backup is not None and _docker_made_from(path, backup, old, data, opts):
-        return Change(path, old, backup, drop_backup=backup_path)
-    out = strip(data)
-    if before is not None:
-        prev = (before.get("runtimes") or {}).get(opts.name)
-        if prev is not None:
-            out.setdefault("runtimes", {})[opts.name] = prev
-    return Change(path, old, (json.dumps(out, indent=4) + "\n").encode(),
-                  drop_backup=backup_path if backup is not None else None)
-
-
-def _docker_made_from(path: str, backup: bytes, current: bytes, data: dict[str, Any],
-                      opts: Options) -> bool:
-    """Whether `current` is byte for byte what install makes of `backup`."""
-    ours = (data.get("runtimes") or {}).get(opts.name) if isinstance(
-        data.get("runtimes"), dict) else None
-    binary = ours.get("path", "") if isinstance(ours, dict) else ""
-    for default in (False, True):
-        try:
-            made = _docker_edit(path, backup, dataclasses.replace(
-                opts, set_as_default=default, runtime_binary=str(binary)))
-        except InstallError:
-            continue
-        if made.new == current:
-            return True
-    return False

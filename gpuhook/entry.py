@@ -10,7 +10,7 @@ def main() -> None:
         from gpuhook.runtime.hook import prestart_main
 
         sys.exit(prestart_main(argv[2:]))
-    from gpuhook.cli import cli
+    from gpuhook.cli.main import cli
 
     cli(prog_name="gpuhook")
 

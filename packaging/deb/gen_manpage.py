@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import click
 
 from gpuhook import __version__
-from gpuhook.cli import cli
+from gpuhook.cli.main import cli
 
 FILES = [
     ("/etc/gpuhook/config.toml", "The configuration (TOML, flat keys; every key documented "

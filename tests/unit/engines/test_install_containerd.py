@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from gpuhook.cli import cli
+from gpuhook.cli.main import cli
 from tests.conftest import REPO
 
 DATA = REPO / "tests" / "data" / "containerd"

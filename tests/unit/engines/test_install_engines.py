@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gpuhook.cli import cli
+from gpuhook.cli.main import cli
 
 RUNTIME = "/usr/bin/gpuhook-runtime"
 HOOK = "/usr/bin/gpuhook"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gpuhook.cli import cli
+from gpuhook.cli.main import cli
 from gpuhook.config import Config
 from gpuhook.decide.spec import parse_spec
 from gpuhook.errors import HostError, ResolveError

@@ -3,7 +3,6 @@ the error's exit code (1: cannot be satisfied, 2: usage or malformed input)."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -12,20 +11,10 @@ from typing import Any, TypeVar
 import click
 
 from gpuhook import __version__
+from gpuhook.cli.common import CONFIG_HELP, report
 from gpuhook.errors import GpuhookError
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-CONFIG_HELP = ("Config file (TOML). Default: $GPUHOOK_CONFIG, else /etc/gpuhook/config.toml, "
-               "else built-in defaults.")
-
-
-def report(err: GpuhookError, as_json: bool = False) -> None:
-    if as_json:
-        click.echo(json.dumps({"error": str(err)}))
-    click.echo(f"gpuhook: {err}", err=True)
-    sys.exit(err.exit_code)
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gpuhook")
@@ -107,8 +96,8 @@ def hook_prestart(config_path: str | None) -> None:
 
 def _register() -> None:
     # Command groups that live in their own modules (one job each).
-    from gpuhook.cli_install import install, uninstall
-    from gpuhook.cli_inventory import inventory
+    from gpuhook.cli.install import install, uninstall
+    from gpuhook.cli.inventory import inventory
 
     cli.add_command(install)
     cli.add_command(uninstall)

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from gpuhook.cli import CONFIG_HELP, report
+from gpuhook.cli.common import CONFIG_HELP, report
 from gpuhook.errors import GpuhookError
 
 

@@ -1,0 +1,21 @@
+"""What every command shares: the --config help text, and reporting a GpuhookError once (one
+line on stderr, the error's exit code; with --json also the contract's {"error": ...} object)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from gpuhook.errors import GpuhookError
+
+CONFIG_HELP = ("Config file (TOML). Default: $GPUHOOK_CONFIG, else /etc/gpuhook/config.toml, "
+               "else built-in defaults.")
+
+
+def report(err: GpuhookError, as_json: bool = False) -> None:
+    if as_json:
+        click.echo(json.dumps({"error": str(err)}))
+    click.echo(f"gpuhook: {err}", err=True)
+    sys.exit(err.exit_code)

@@ -42,10 +42,10 @@ class Ignored:
 
 @dataclass(frozen=True)
 class EnvDevices:
-    """NVIDIA_VISIBLE_DEVICES as asked: kind is "ids", "all", "none" or "void"."""
+    """NVIDIA_VISIBLE_DEVICES as asked: kind is "ids", "all", "none", "void" or "marker"."""
 
     raw: str
-    kind: str  # also "marker": the device plugin's volume-mount root, which names no device
+    kind: str  # "marker": the device plugin's volume-mount root, which names no device
     ids: tuple[str, ...] = ()
     legacy: bool = False
     # Why the ids cannot be used (malformed, too many). Raised only if the env is acted on: an
@@ -116,6 +116,7 @@ def _mount_requests(spec: SpecView, root: str) -> tuple[
     source and destination cleaned, the source /dev/null, the destination under `root`. The
     first malformed one is returned as an error, not raised: it counts only if mounts do."""
     ids: list[str] = []
+    seen: set[str] = set()
     caps: list[str] = []
     ignored: list[Ignored] = []
     error: str | None = None
@@ -153,7 +154,8 @@ def _mount_requests(spec: SpecView, root: str) -> tuple[
             problem = _id_problem(rel, f"volume mount {mount.destination!r}")
             if problem:
                 error = error or problem
-            elif rel not in ids:
+            elif rel not in seen:
+                seen.add(rel)
                 ids.append(rel)
     if len(ids) > MAX_IDS:
         error = error or f"{len(ids)} device ids in volume mounts, more than {MAX_IDS}"
@@ -230,11 +232,8 @@ def parse_visible_devices(env: Mapping[str, str], volume_mount_root: str = ""
         if is_legacy_image(env):
             return EnvDevices(raw="", kind="all", ids=("all",), legacy=True)
         return None
-    items: list[str] = []
-    for part in raw.split(","):
-        item = part.strip()
-        if item and item not in items:
-            items.append(item)
+    # Deduplicated in order, in linear time: the value may be as long as the spec allows.
+    items = list(dict.fromkeys(i for i in (part.strip() for part in raw.split(",")) if i))
     if not items or "void" in items:
         return EnvDevices(raw=raw, kind="void")
     if volume_mount_root and len(items) == 1 and clean_path(items[0]) == clean_path(

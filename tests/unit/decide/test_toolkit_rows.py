@@ -439,6 +439,12 @@ def test_jetpack_is_not_a_requirement() -> None:
     assert reqs == (("NVIDIA_REQUIRE_DRIVER", "driver>=550"),)
 
 
+def test_an_empty_requirement_is_no_requirement() -> None:
+    reqs, error = requirements({"NVIDIA_REQUIRE_CUDA": "", "NVIDIA_REQUIRE_X": " "},
+                               legacy=False)
+    assert (reqs, error) == ((), None)
+
+
 @pytest.mark.parametrize(
     ("requirement", "ok"),
     [

@@ -1,4 +1,8 @@
-"""OCI spec -> Request: what the container asked for, from which source. Pure."""
+"""OCI spec -> Request: what the container asked for, from which source. Pure.
+
+Read as nvidia-container-toolkit v1.20.0 reads the same spec (internal/config/image/
+cuda_image.go, devices.go, capabilities.go; cmd/nvidia-container-runtime-hook/container_config.go)
+except where docs/compatibility.md says why not; tests/unit/decide/test_toolkit_rows.py."""
 
 from __future__ import annotations
 

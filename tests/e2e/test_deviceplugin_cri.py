@@ -243,15 +243,22 @@ def test_device_plugin_allocation_through_cri(
 def test_containerd_writes_the_merge_the_unit_tests_assume(pod: Pod) -> None:
     """The spec containerd 1.6 itself built for a volume-mounts allocation to a CUDA image whose
     pod also sets NVIDIA_VISIBLE_DEVICES: the env (NVIDIA_VISIBLE_DEVICES three times, the
-    image's first, the pod's last) and the device mount are exactly tests/kubelet_merge.py's."""
+    image's first, the pod's last) and the device mount are exactly tests/kubelet_merge.py's,
+    and the container's process sees the last value, as gpuhook and the toolkit read it."""
     fixtures = ("volume-mounts-uuid-1gpu",)
     name = f"merge-{os.getpid()}"
-    cid = _create(pod, name, fixtures, POD_ALL, False, ["sh", "-c", "exit 0"])
+    cid = _create(pod, name, fixtures, POD_ALL, False,
+                  ["sh", "-c", "echo NVD=$NVIDIA_VISIBLE_DEVICES"])
     try:
         info = pod.containerd.ctr("containers", "info", cid, namespace=K8S_NAMESPACE)
         spec = json.loads(info.stdout)["Spec"]
+        pod.cri.start_container(cid)
+        st = pod.cri.wait_exited(cid)
+        assert (st.state, st.exit_code) == (2, 0), st
+        seen = _read_log_until(pod.log_dir / f"{name}.log", "NVD=")
     finally:
         pod.cri.remove_container(cid)
+    assert seen.strip() == "NVD=all", "the process sees the last entry (runc sets them in order)"
     cri = kubelet_container_config([load_fixture(f).response for f in fixtures], POD_ALL)
     assert spec["process"]["env"] == containerd16_process_env(CUDA_IMAGE_ENV, cri.envs,
                                                               socket.gethostname())

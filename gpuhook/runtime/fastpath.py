@@ -50,7 +50,9 @@ def loads(data: bytes) -> object:
 def might_request(spec: object) -> bool:
     """False only when no config could make this spec request anything: no /dev/null mount
     (a device-plugin id or MIG capability) and no NVIDIA_* or CUDA_VERSION env entry.
-    Anything unexpected answers True, so the full, validating path decides."""
+    Anything unexpected answers True, so the full, validating path decides. A source is
+    compared as the toolkit does, cleaned (`/dev/./null`, `//dev/null`): any path that cleans
+    to /dev/null has a `null` component, so containing "null" is the cheap, safe test."""
     if not isinstance(spec, dict):
         return True
     mounts = spec.get("mounts") or []
@@ -58,7 +60,10 @@ def might_request(spec: object) -> bool:
     if not isinstance(mounts, list) or not isinstance(process, dict):
         return True
     for m in mounts:
-        if not isinstance(m, dict) or m.get("source") == DEV_NULL:
+        if not isinstance(m, dict):
+            return True
+        source = m.get("source")
+        if source is not None and (not isinstance(source, str) or "null" in source):
             return True
     env = process.get("env") or []
     if not isinstance(env, list):

@@ -29,14 +29,17 @@ def plan_for_spec(spec: SpecView, config: Config) -> Plan:
     devices: tuple[Resolved, ...] = ()
     notes: list[str] = []
     minors: Mapping[str, int] | None = None
-    if decision.device_ids:
+    if decision.device_ids or decision.requirements:
         from gpuhook.inventory.load import load_for_plan
 
         # The snapshot if fresh (with its parsed mig-minors), else the backend; noted either way.
+        # `none` with requirements reads it too: cuda and driver versions are still checked.
         inv, origin, minors = load_for_plan(config)
         notes.append(origin)
-        notes.extend(check_requirements(decision.requirements, inv))
-        devices = resolve(decision.device_ids, inv, config.allow_full_gpu_on_mig_enabled)
+        notes.extend(check_requirements(decision.requirements, inv,
+                                        with_devices=bool(decision.device_ids)))
+        if decision.device_ids:
+            devices = resolve(decision.device_ids, inv, config.allow_full_gpu_on_mig_enabled)
     if not needs_host(decision, devices):
         return build_plan(decision, devices, None, tuple(notes))
     host = HostPaths(config.host_root)

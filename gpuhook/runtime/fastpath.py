@@ -10,6 +10,7 @@ valid at run time. Measured in bench/run (P1, importtime).
 """
 
 from gpuhook.limits import DEV_NULL, MAX_SPEC_BYTES, MAX_STATE_BYTES
+from gpuhook.runtime.early import DEFAULT_VOLUME_MOUNT_ROOT
 
 __all__ = ["DEV_NULL", "MAX_SPEC_BYTES", "MAX_STATE_BYTES", "loads", "might_request"]
 
@@ -47,9 +48,10 @@ def loads(data: bytes) -> object:
     return obj
 
 
-def might_request(spec: object) -> bool:
+def might_request(spec: object, roots: "tuple[str, ...]" = (DEFAULT_VOLUME_MOUNT_ROOT,)) -> bool:
     """False only when no config could make this spec request anything: no /dev/null mount
-    (a device-plugin id or MIG capability) and no NVIDIA_* or CUDA_VERSION env entry.
+    under one of `roots` (a device-plugin id or MIG capability: the default root and the
+    configured one, see early.py) and no NVIDIA_* or CUDA_VERSION env entry.
     Anything unexpected answers True, so the full, validating path decides."""
     if not isinstance(spec, dict):
         return True
@@ -57,9 +59,14 @@ def might_request(spec: object) -> bool:
     process = spec.get("process")
     if not isinstance(mounts, list) or not isinstance(process, dict):
         return True
+    prefixes = tuple(r.rstrip("/") + "/" for r in roots)
     for m in mounts:
-        if not isinstance(m, dict) or m.get("source") == DEV_NULL:
+        if not isinstance(m, dict):
             return True
+        if m.get("source") == DEV_NULL:
+            dest = m.get("destination")
+            if not isinstance(dest, str) or (dest + "/").startswith(prefixes):
+                return True
     env = process.get("env") or []
     if not isinstance(env, list):
         return True

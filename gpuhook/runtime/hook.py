@@ -9,11 +9,18 @@ import sys
 
 from gpuhook.runtime.fastpath import MAX_SPEC_BYTES, MAX_STATE_BYTES, loads, might_request
 
+USAGE = ("usage: gpuhook hook prestart [--config FILE]\n"
+         "An OCI prestart hook: the runtime writes the container's state JSON to its stdin.\n"
+         "To see what a container would get, run: gpuhook dry-run BUNDLE\n")
+
 
 def prestart_main(args: list[str]) -> int:
     config_path = _config_arg(args)
-    if isinstance(config_path, bool):
-        print("gpuhook: usage: gpuhook hook prestart [--config FILE]", file=sys.stderr)
+    if isinstance(config_path, bool) or sys.stdin is None or sys.stdin.isatty():
+        # A usage error, or a run by hand at a terminal: nothing to read, nothing logged.
+        from gpuhook.runtime.stderr import write_stderr
+
+        write_stderr("gpuhook: " + USAGE)
         return 2
     state_raw = sys.stdin.buffer.read(MAX_STATE_BYTES + 1)
     try:
@@ -25,7 +32,9 @@ def prestart_main(args: list[str]) -> int:
     except (ValueError, LookupError, TypeError, OSError):
         # Anything odd goes to the full, validating path, which names the problem.
         return _full(config_path, state_raw, None)
-    if not might_request(spec):
+    from gpuhook.runtime.early import early_config
+
+    if not might_request(spec, early_config(config_path).roots):
         return 0
     return _full(config_path, state_raw, spec_raw)
 

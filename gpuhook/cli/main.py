@@ -96,6 +96,7 @@ def hook_prestart(config_path: str | None) -> None:
 
 def _register() -> None:
     # Command groups that live in their own modules (one job each).
+    from gpuhook.cli.doctor import doctor
     from gpuhook.cli.explain import explain
     from gpuhook.cli.install import install, uninstall
     from gpuhook.cli.inventory import inventory
@@ -104,6 +105,7 @@ def _register() -> None:
     cli.add_command(uninstall)
     cli.add_command(inventory)
     cli.add_command(explain)
+    cli.add_command(doctor)
 
 
 _register()

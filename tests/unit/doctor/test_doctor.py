@@ -122,15 +122,15 @@ def test_a_healthy_node_passes_every_check(node: Node) -> None:
             "containerd", "crio", "docker", "oci-hooks"} <= names
 
 
-def _rm(rel: str) -> Callable[[Node], None]:
+def _rm(rel: str) -> Callable[[Node], object]:
     return lambda n: os.remove(n.root / rel)
 
 
-def _text(rel: str, text: str) -> Callable[[Node], None]:
+def _text(rel: str, text: str) -> Callable[[Node], object]:
     return lambda n: (n.root / rel).write_text(text)
 
 
-FAILURES: list[tuple[str, Callable[[Node], None], str, str, str]] = [
+FAILURES: list[tuple[str, Callable[[Node], object], str, str, str]] = [
     ("a typo in gpuhook's config", lambda n: n.config.write_text(
         n.config.read_text() + "mdoe = 'spec'\n"), "config", "fail", "did you mean 'mode'?"),
     ("env trusted for unprivileged containers", lambda n: n.write_config(**{
@@ -197,7 +197,7 @@ def _one_gpu_mig_empty(n: Node) -> str:
 
 @pytest.mark.parametrize(("breaks", "check", "want", "says"),
                          [f[1:] for f in FAILURES], ids=[f[0] for f in FAILURES])
-def test_each_failure_is_named_by_its_check(node: Node, breaks: Callable[[Node], None],
+def test_each_failure_is_named_by_its_check(node: Node, breaks: Callable[[Node], object],
                                             check: str, want: str, says: str) -> None:
     breaks(node)
     code, report = node.doctor()

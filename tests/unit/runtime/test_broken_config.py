@@ -231,3 +231,19 @@ def test_the_hook_at_a_terminal_prints_usage_instead_of_waiting(tmp_path: Path) 
     assert r.returncode == 2
     assert "usage: gpuhook hook prestart" in r.stderr
     assert "gpuhook dry-run BUNDLE" in r.stderr
+
+
+@pytest.mark.parametrize("args", [["state", "c1"], ["create", "-b", "{b}", "c1"]],
+                         ids=["a passthrough command", "create of a container with no request"])
+def test_the_common_paths_parse_no_toml(world: World, args: list[str]) -> None:
+    """The runtimes and the volume-mount root are read from the config's one-line values
+    (early.py): the common paths import neither tomllib nor the config module."""
+    from tests.unit.runtime.test_shim_exec import imported_modules
+
+    b = world.bundle(specs.spec())
+    result = world.shim(*[a.format(b=b) for a in args],
+                        env=world.env(PYTHONPROFILEIMPORTTIME="1"))
+    assert result.returncode == 7
+    modules = imported_modules(result.stderr)
+    assert "gpuhook.runtime.early" in modules
+    assert not modules & {"tomllib", "gpuhook.config", "typing"}

@@ -127,11 +127,14 @@ def test_dry_run_prints_the_diff_and_changes_nothing(sample: tuple[Path, bytes, 
     code, out = install(path, "--set-as-default", "--dry-run")
     assert code == 0
     assert out.startswith(f"--- {path}\n+++ {path}\n@@ ")
-    assert b"runtimes.nvidia]" in original or \
-        '+          runtime_type = "io.containerd.runc.v2"' in out or \
-        '+        runtime_type = "io.containerd.runc.v2"' in out
+    # an appended table is flush left: indented like runc's, it would read as nested in the
+    # table that happens to be last in the file
+    assert b"runtimes.nvidia]" in original or (
+        '\n+runtime_type = "io.containerd.runc.v2"' in out and "\n+[plugins" in out
+        and not any(line.startswith(("+ ", "+\t")) and line.lstrip("+ \t").startswith("[")
+                    for line in out.splitlines()))
     assert f'BinaryName = "{BINARY}"' in out
-    assert "systemctl restart containerd" in out
+    assert "restart containerd" in out
     assert path.read_bytes() == original
     assert sorted(p.name for p in path.parent.iterdir()) == ["config.toml"]
 

@@ -79,9 +79,10 @@ if _why:
 
 
 def _register(config: Path) -> subprocess.CompletedProcess[str]:
-    """`gpuhook install --runtime containerd --config <file> --name nvidia`, as an operator."""
+    """`gpuhook install --runtime containerd --engine-config <file> --name nvidia`, as an
+    operator."""
     return subprocess.run(
-        [str(GPUHOOK), "install", "--runtime", "containerd", "--config", str(config),
+        [str(GPUHOOK), "install", "--runtime", "containerd", "--engine-config", str(config),
          "--name", RUNTIME_NAME],
         capture_output=True, text=True, env={"PATH": f"{BIN}:{MINIMAL_PATH}"}, timeout=60,
         check=False,

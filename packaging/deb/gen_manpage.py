@@ -20,10 +20,11 @@ from gpuhook.cli.main import cli
 FILES = [
     ("/etc/gpuhook/config.toml", "The configuration (TOML, flat keys; every key documented "
      "inside). A dpkg conffile: kept on remove, deleted on purge."),
-    ("/usr/share/containers/oci/hooks.d/gpuhook.json", "OCI hooks.d entry: podman and "
-     "CRI-O run \"gpuhook hook prestart\" for every container (one without a GPU request "
-     "exits at once)."),
-    ("/var/log/gpuhook.log", "JSON-lines decision log (config key log-file). Deleted on purge."),
+    ("/usr/share/containers/oci/hooks.d/gpuhook.json", "Not shipped: written by \"gpuhook "
+     "install --runtime podman\" (podman and CRI-O then run \"gpuhook hook prestart\" for "
+     "every container; one without a GPU request exits at once)."),
+    ("/var/log/gpuhook.log", "JSON-lines decision log (config key log-file); \"gpuhook "
+     "explain\" reads it. Rotated weekly by /etc/logrotate.d/gpuhook. Deleted on purge."),
     ("/run/gpuhook/inventory.json", "NVML snapshot written by \"gpuhook inventory refresh\" "
      "(config key inventory-cache)."),
     ("/usr/lib/gpuhook/vendor/pynvml.py", "The NVML bindings from nvidia-ml-py, vendored."),
@@ -95,6 +96,11 @@ def manpage(prog: str) -> str:
         ".SH ENVIRONMENT", ".TP", ".B GPUHOOK_CONFIG",
         esc("Config file used when --config is not given; else /etc/gpuhook/config.toml, "
             "else the built-in defaults (equal to the shipped config.toml)."),
+        ".SH REGISTRATION",
+        esc("Installing the package registers gpuhook with no container engine. Run "
+            "\"gpuhook install --runtime containerd\" (or crio, docker, podman) to register it, "
+            "\"gpuhook doctor\" to check the node, and \"gpuhook uninstall\" with the same "
+            "options before removing the package."),
         ".SH FILES",
     ]
     for path, what in FILES:

@@ -17,7 +17,8 @@ from gpuhook.runtime.pod import pod_identity
 from gpuhook.runtime.stderr import write_stderr
 
 
-def run(config_path: str | None, state_raw: bytes, spec_raw: bytes | None) -> int:
+def run(config_path: str | None, state_raw: bytes, spec_raw: bytes | None,
+        write_log: bool = True) -> int:
     """The full hook: validate state and spec, compute the Plan, apply it, log the decision.
     A config that does not load refuses only what gpuhook would act on (broken_config.py)."""
     record: dict[str, Any] = {"event": "prestart"}
@@ -30,7 +31,12 @@ def run(config_path: str | None, state_raw: bytes, spec_raw: bytes | None) -> in
         write_stderr(f"gpuhook: {record.get('id', '?')}: {e}")
         return e.exit_code
     finally:
-        if len(record) > 1:
+        if len(record) > 1 and not write_log:
+            import json
+
+            write_stderr(f"gpuhook: run by hand (a terminal): not written to {config.log_file} "
+                         f"(add --log to write it): {json.dumps(record, default=str)}")
+        elif len(record) > 1:
             failed = log_decision(config.log_file, record)
             if failed:
                 write_stderr(f"gpuhook: {failed}")

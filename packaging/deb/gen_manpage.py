@@ -7,10 +7,13 @@ Needs only click (a build dependency); every command's help, options and sub-com
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+# The man page documents the installed package: its examples, not the source tree's.
+os.environ["GPUHOOK_EXAMPLES"] = "/usr/share/doc/gpuhook/examples"
 
 import click
 

@@ -247,3 +247,39 @@ def test_the_common_paths_parse_no_toml(world: World, args: list[str]) -> None:
     modules = imported_modules(result.stderr)
     assert "gpuhook.runtime.early" in modules
     assert not modules & {"tomllib", "gpuhook.config", "typing"}
+
+
+def _hook_at_a_terminal(tmp_path: Path, *extra: str) -> tuple[int, Path]:
+    """`gpuhook hook prestart` run by hand: state piped in, stdout/stderr on a terminal."""
+    import pty
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps(specs.spec(ids=("3",))))
+    log = tmp_path / "gpuhook.log"
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'inventory = "{specs.MIG8}"\nhost-root = "{specs.MIG8_HOST}"\n'
+                   f'log-file = "{log}"\n')
+    state = json.dumps({"ociVersion": "1.0.2", "id": "ctr-1", "pid": 999999999,
+                        "bundle": str(bundle)})
+    primary, secondary = pty.openpty()
+    try:
+        r = subprocess.run([sys.executable, "-m", "gpuhook", "hook", "prestart", "--config",
+                            str(cfg), *extra], input=state.encode(), stdout=secondary,
+                           stderr=secondary, timeout=60, check=False,
+                           env={"PATH": "/usr/bin:/bin"})
+    finally:
+        os.close(primary)
+        os.close(secondary)
+    return r.returncode, log
+
+
+def test_a_hook_run_by_hand_does_not_write_the_nodes_log(tmp_path: Path) -> None:
+    _, log = _hook_at_a_terminal(tmp_path)
+    assert not log.exists()
+
+
+def test_a_hook_run_by_hand_with_log_writes_it(tmp_path: Path) -> None:
+    _, log = _hook_at_a_terminal(tmp_path, "--log")
+    [rec] = [json.loads(x) for x in log.read_text().splitlines()]
+    assert rec["id"] == "ctr-1" and rec["device_ids"] == ["3"]

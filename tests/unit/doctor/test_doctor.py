@@ -214,3 +214,13 @@ def test_text_output_prints_each_fix(node: Node) -> None:
                        capture_output=True, text=True, timeout=120, check=False)
     assert "WARN  persistence: no " in r.stdout
     assert "      fix: systemctl enable --now nvidia-persistenced" in r.stdout
+
+
+def test_inventory_show_names_the_old_and_the_new_driver_version(node: Node) -> None:
+    (node.root / "proc/driver/nvidia/version").write_text(
+        "NVRM version: NVIDIA UNIX x86_64 Kernel Module  555.42.02  Thu May 16 2024\n")
+    r = subprocess.run([str(GPUHOOK), "inventory", "show", "--config", str(node.config)],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 1
+    assert "proc/driver/nvidia/version changed (was 'NVRM version:" in r.stdout
+    assert "now 'NVRM version: NVIDIA UNIX x86_64 Kernel Module  555.42.02" in r.stdout

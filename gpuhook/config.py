@@ -88,7 +88,19 @@ def parse_config_lenient(data: bytes, origin: str) -> tuple[Config, list[str]]:
     try:
         table = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        return Config(source=origin), [f"config {origin}: {e}"]
+        # Not TOML: keep what a line still says plainly, so a refusal is logged where the
+        # operator looks and a request under the configured root is seen (runtime/early.py).
+        from gpuhook.runtime.early import read_string
+
+        kept: dict[str, Any] = {}
+        for key in ("log-file", "volume-mount-root"):
+            value = read_string(data, key)
+            if value:
+                kept[_KEYS[key]] = value
+        if "log_file" in kept and not os.path.isabs(kept["log_file"]):
+            kept["log_file"] = os.path.join(os.path.dirname(os.path.abspath(origin)),
+                                            kept["log_file"])
+        return Config(source=origin, **kept), [f"config {origin}: {e}"]
     values: dict[str, Any] = {}
     problems: list[str] = []
     for key, value in table.items():

@@ -22,10 +22,17 @@ def acts(decision: Decision) -> bool:
                 or decision.mig_config)
 
 
-def judge(view: SpecView, config: Config, problems: list[str]) -> Decision:
+def judge(view: SpecView, config: Config, problems: list[str],
+          roots: tuple[str, ...] = ()) -> Decision:
     """The decision under the lenient config when it grants nothing; else InputError naming
-    the config's problem and what the container asked for."""
+    the config's problem and what the container asked for. `roots`: the volume-mount roots
+    the fast path looked under (early.py reads the configured one even from a file TOML cannot
+    parse): a request under any of them is one a working config could act on."""
     decision = decide(extract_request(view, config.volume_mount_root), config)
+    for root in roots:
+        if root != config.volume_mount_root and not acts(decision):
+            decision = decide(extract_request(view, root),
+                              config._replace(volume_mount_root=root))
     if acts(decision):
         asked = ", ".join(decision.device_ids) or ", ".join(
             n for n, on in (("mig-monitor", decision.mig_monitor),

@@ -70,7 +70,7 @@ def read_keys(data: bytes) -> "tuple[str | None, tuple[str, ...] | None]":
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return None, None
-    simple = _simple_lines(text)
+    simple = _simple_lines(text, (ROOT_KEY, RUNTIMES_KEY))
     if simple is None:
         return _from_toml(text)
     root = simple.get(ROOT_KEY)
@@ -83,17 +83,31 @@ def read_keys(data: bytes) -> "tuple[str | None, tuple[str, ...] | None]":
     return _valid_root(root_value), _valid_runtimes(runtimes_value)
 
 
-def _simple_lines(text: str) -> "dict[str, str] | None":
-    """The raw values of the two keys, or None when the file has anything that could make a
-    line-based reading differ from TOML's."""
-    if '"""' in text or "'''" in text or "\\" in text:
+def read_string(data: bytes, key: str) -> "str | None":
+    """A one-line string value of `key`, read line by line; None when unset, given twice or
+    in another form. For a file TOML cannot parse (config.parse_config_lenient keeps its
+    log-file and volume-mount-root with it)."""
+    try:
+        simple = _simple_lines(data.decode("utf-8"), (key,), strict=False)
+    except UnicodeDecodeError:
+        return None
+    raw = simple.get(key) if simple is not None else None
+    value = _string(raw) if raw is not None else None
+    return None if value is None or "\\" in value else value  # an escape: not plain
+
+
+def _simple_lines(text: str, keys: "tuple[str, ...]",
+                  strict: bool = True) -> "dict[str, str] | None":
+    """The raw values of `keys`; None when a key is given twice or (strict) when the file has
+    anything that could make a line-based reading differ from TOML's."""
+    if strict and ('"""' in text or "'''" in text or "\\" in text):
         return None
     found: dict[str, str] = {}
     for line in text.splitlines():
         stripped = line.lstrip(" \t")
-        if stripped[:1] in ("[", '"', "'"):
+        if strict and stripped[:1] in ("[", '"', "'"):
             return None
-        for key in (ROOT_KEY, RUNTIMES_KEY):
+        for key in keys:
             if stripped.startswith(key) and stripped[len(key):].lstrip(" \t")[:1] == "=":
                 if key in found:
                     return None

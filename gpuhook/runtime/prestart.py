@@ -52,7 +52,10 @@ def _decide_and_apply(config: Config, problems: list[str], state_raw: bytes,
         spec_raw = read_limited(spec_path, MAX_SPEC_BYTES, "spec")
     spec = parse_spec(spec_raw, spec_path)
     if problems:
-        decision = broken_config.judge(spec, config, problems)
+        from gpuhook.runtime.early import early_config
+
+        roots = early_config(config.source).roots  # problems come from a file: it is named
+        decision = broken_config.judge(spec, config, problems, roots)
         record.update(decision="untouched-broken-config", config_errors=problems[:8],
                       ignored=[vars(i) for i in decision.ignored])
         write_stderr(f"gpuhook: {state.id}: {broken_config.warning(problems)}")

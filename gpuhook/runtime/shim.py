@@ -216,7 +216,7 @@ def might_request(raw: bytes, roots: tuple[str, ...]) -> bool:
 
 
 def prepare_bundle(path: str, raw: bytes, config: Config, record: dict[str, Any],
-                   problems: list[str] | None = None) -> str:
+                   problems: list[str] | None = None, roots: tuple[str, ...] = ()) -> str:
     """Edit the bundle's config.json (`path`, whose bytes are `raw`) for the container's plan.
     Returns what happened: "untouched" (empty plan, or already edited) or "edited".
     `problems`: why the config did not load (`config` is then the lenient one): the spec is
@@ -241,7 +241,7 @@ def prepare_bundle(path: str, raw: bytes, config: Config, record: dict[str, Any]
     if problems:
         from gpuhook.runtime import broken_config
 
-        decision = broken_config.judge(view, config, problems)
+        decision = broken_config.judge(view, config, problems, roots)
         record.update(decision="untouched-broken-config", config_errors=problems[:8],
                       ignored=[vars(i) for i in decision.ignored])
         return "untouched"
@@ -376,7 +376,7 @@ def _run(argv: list[str], inv: Invocation) -> int:
 
             config, problems = load_config_lenient()
             log_file = config.log_file
-            prepare_bundle(path, raw, config, record, problems)
+            prepare_bundle(path, raw, config, record, problems, early.roots)
             if problems:
                 from gpuhook.runtime.broken_config import warning
 

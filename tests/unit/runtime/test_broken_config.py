@@ -86,6 +86,8 @@ def test_a_broken_config_refuses_a_gpu_request_naming_the_problem(world: World) 
     assert "unknown key 'inventry'" in result.stderr
     assert "refused: the container asks for GPUs (3, through volume-mounts)" in result.stderr
     assert world.argv() is None
+    [rec] = records(world)  # the log-file line is kept too: the refusal is where one looks
+    assert rec["decision"] == "refused" and "a broken config cannot decide" in rec["error"]
     [rec] = records(world)
     assert rec["decision"] == "refused"
 
@@ -283,3 +285,19 @@ def test_a_hook_run_by_hand_with_log_writes_it(tmp_path: Path) -> None:
     _, log = _hook_at_a_terminal(tmp_path, "--log")
     [rec] = [json.loads(x) for x in log.read_text().splitlines()]
     assert rec["id"] == "ctr-1" and rec["device_ids"] == ["3"]
+
+
+def test_a_config_tomllib_cannot_parse_still_refuses_a_request_under_its_own_root(
+        world: World) -> None:
+    """The configured root is read line by line (early.py) when TOML fails: a device-plugin
+    mount under it is a request a working config would act on, so it is refused, not ignored."""
+    world.config.write_text(f'runtimes = ["{world.runtime}"]\nvolume-mount-root = "/gpus"\n'
+                            f'log-file = "{world.log}"\nthis is not toml = = =\n')
+    s = specs.spec(mounts=[{"destination": "/gpus/3", "source": "/dev/null", "type": "bind"}])
+    b = world.bundle(s)
+    result = world.shim("create", "-b", str(b), "c1")
+    assert result.returncode == 2, result.stderr
+    assert "refused: the container asks for GPUs (3, through volume-mounts)" in result.stderr
+    assert world.argv() is None
+    [rec] = records(world)  # the log-file line is kept too: the refusal is where one looks
+    assert rec["decision"] == "refused" and "a broken config cannot decide" in rec["error"]

@@ -11,6 +11,15 @@ MAX_LOG_TAIL = 32 << 20  # read at most the log's last 32 MiB
 MIN_PREFIX = 6  # a container or sandbox id may be given by a prefix this long
 
 
+def safe(value: object) -> str:
+    """A value for the terminal: what is not printable (an escape sequence, a newline from a
+    container's spec or env) is shown escaped, never sent as is."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def parse_records(text: str) -> list[dict[str, Any]]:
     """The JSON objects of a JSON-lines log; a torn or foreign line is skipped."""
     found = []
@@ -114,7 +123,7 @@ def render(records: list[dict[str, Any]]) -> str:
                 lines.append(f"    config:  {problem}")
             for note in rec.get("notes") or []:
                 lines.append(f"    note:    {note}")
-        blocks.append("\n".join(lines))
+        blocks.append("\n".join(safe(line) for line in lines))
     return "\n\n".join(blocks) + "\n"
 
 

@@ -99,3 +99,15 @@ def test_explain_of_an_unknown_pod_says_why_there_may_be_no_record(log: Path) ->
 def test_matches_needs_a_whole_name_or_a_long_prefix(query: str, want: bool) -> None:
     rec = parse_records(json.dumps({"id": "c-granted-1", "pod": {"name": "trainer-0"}}))[0]
     assert matches(rec, query) is want
+
+
+def test_render_escapes_what_a_terminal_would_interpret() -> None:
+    from gpuhook.observe.explain import render
+
+    rec = {"id": "c1", "event": "create", "decision": "empty",
+           "pod": {"namespace": "ml", "name": "evil\x1b]0;owned\x07\nFAKE LINE"},
+           "nvidia_env": {"NVIDIA_VISIBLE_DEVICES": "all\r\n"}}
+    out = render([rec])
+    assert "\x1b" not in out and "\x07" not in out and "\r" not in out
+    assert "evil\\x1b]0;owned\\x07\\nFAKE LINE" in out
+    assert not any(line.startswith("FAKE LINE") for line in out.splitlines())

@@ -493,3 +493,21 @@ def test_explain_finds_a_cri_pod_by_name(node: Node, pod: Pod) -> None:
     assert f"container {cid}  pod gpuhook-e2e/{pod_name}  container {name}" in res.stdout
     assert "asked:   2 through volume-mounts" in res.stdout, res.stdout
     assert "got:     GPU 2 (GPU-" in res.stdout, res.stdout
+
+
+def test_doctor_reads_the_registration_install_made(node: Node) -> None:
+    """`gpuhook doctor` on the config `gpuhook install` edited (and containerd loaded): the
+    runtime is found and its binary is gpuhook's."""
+    res = subprocess.run(
+        [str(GPUHOOK), "doctor", "--json", "--config", str(node.gpuhook_config),
+         "--containerd-config", str(node.containerd.config),
+         "--containerd-drop-in-dir", str(node.workdir / "no-conf.d")],
+        capture_output=True, text=True, timeout=120, check=False, env={"PATH": MINIMAL_PATH},
+    )  # fmt: skip
+    report = json.loads(res.stdout)
+    [check] = [c for c in report["checks"] if c["name"] == "containerd"]
+    assert check["status"] == "ok", check
+    assert f"runtime '{RUNTIME_NAME}'" in check["detail"], check
+    assert "runs gpuhook-runtime" in check["detail"], check
+    [config] = [c for c in report["checks"] if c["name"] == "config"]
+    assert config["status"] == "ok", config

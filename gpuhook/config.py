@@ -7,9 +7,11 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from gpuhook.errors import InputError
+from gpuhook.runtime.early import ENV_CONFIG, SYSTEM_CONFIG
+from gpuhook.runtime.early import find_config_path as _find_config_path
 
-SYSTEM_CONFIG = "/etc/gpuhook/config.toml"
-ENV_CONFIG = "GPUHOOK_CONFIG"
+__all__ = ["ENV_CONFIG", "SYSTEM_CONFIG", "Config", "find_config_path", "load_config",
+           "load_config_lenient", "parse_config", "parse_config_lenient"]
 
 
 class Config(NamedTuple):
@@ -44,47 +46,87 @@ _KEYS = {name.replace("_", "-"): name for name in Config._fields if name != "sou
 
 def find_config_path(explicit: str | None, environ: Mapping[str, str]) -> str | None:
     """`--config`, else $GPUHOOK_CONFIG, else /etc/gpuhook/config.toml if it exists."""
-    if explicit:
-        return explicit
-    if environ.get(ENV_CONFIG):
-        return environ[ENV_CONFIG]
-    return SYSTEM_CONFIG if os.path.exists(SYSTEM_CONFIG) else None
+    return _find_config_path(explicit, environ)
 
 
 def load_config(explicit: str | None = None,
                 environ: Mapping[str, str] | None = None) -> Config:
+    config, problems = load_config_lenient(explicit, environ)
+    if problems:
+        raise InputError(problems[0])
+    return config
+
+
+def load_config_lenient(explicit: str | None = None, environ: Mapping[str, str] | None = None,
+                        ) -> tuple[Config, list[str]]:
+    """See parse_config_lenient; a file that cannot be read is a problem, with the defaults."""
     path = find_config_path(explicit, os.environ if environ is None else environ)
     if path is None:
-        return Config()
+        return Config(), []
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise InputError(f"config {path}: {e.strerror}") from None
-    return parse_config(data, path)
+        return Config(source=path), [f"config {path}: {e.strerror}"]
+    return parse_config_lenient(data, path)
 
 
 def parse_config(data: bytes, origin: str) -> Config:
+    """The config in `data`; the first problem raises InputError naming the file and the key."""
+    config, problems = parse_config_lenient(data, origin)
+    if problems:
+        raise InputError(problems[0])
+    return config
+
+
+def parse_config_lenient(data: bytes, origin: str) -> tuple[Config, list[str]]:
+    """The config with every valid key of `data` and the defaults for the rest, and what is
+    wrong with it. For deciding what a broken config must not stop (a container that asks for
+    nothing gpuhook would act on); never for granting."""
     import tomllib
 
     try:
         table = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise InputError(f"config {origin}: {e}") from None
+        # Not TOML: keep what a line still says plainly, so a refusal is logged where the
+        # operator looks and a request under the configured root is seen (runtime/early.py).
+        from gpuhook.runtime.early import read_string
+
+        kept: dict[str, Any] = {}
+        for key in ("log-file", "volume-mount-root"):
+            value = read_string(data, key)
+            if value:
+                kept[_KEYS[key]] = value
+        if "log_file" in kept and not os.path.isabs(kept["log_file"]):
+            kept["log_file"] = os.path.join(os.path.dirname(os.path.abspath(origin)),
+                                            kept["log_file"])
+        return Config(source=origin, **kept), [f"config {origin}: {e}"]
     values: dict[str, Any] = {}
+    problems: list[str] = []
     for key, value in table.items():
         name = _KEYS.get(key)
         if name is None:
-            raise InputError(f"config {origin}: unknown key {key!r}; known keys: "
-                             + ", ".join(sorted(_KEYS)))
-        values[name] = _check(origin, key, name, value)
+            problems.append(f"config {origin}: unknown key {key!r}{_closest(key)}; known keys: "
+                            + ", ".join(sorted(_KEYS)))
+            continue
+        try:
+            values[name] = _check(origin, key, name, value)
+        except InputError as e:
+            problems.append(str(e))
     base = os.path.dirname(os.path.abspath(origin))
     for name in _PATH_KEYS:
         value = values.get(name)
         if isinstance(value, str) and value != "nvml" and not os.path.isabs(value):
             # A relative path in a config file is relative to that file, not to the cwd.
             values[name] = os.path.join(base, value)
-    return Config(source=origin, **values)
+    return Config(source=origin, **values), problems
+
+
+def _closest(key: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(_KEYS), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _check(origin: str, key: str, name: str, value: object) -> object:

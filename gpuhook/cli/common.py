@@ -19,3 +19,19 @@ def report(err: GpuhookError, as_json: bool = False) -> None:
         click.echo(json.dumps({"error": str(err)}))
     click.echo(f"gpuhook: {err}", err=True)
     sys.exit(err.exit_code)
+
+
+INSTALLED_EXAMPLES = "/usr/share/doc/gpuhook/examples"
+
+
+def example_paths() -> tuple[str, str]:
+    """(bundle, config) for --help examples: the source tree's when gpuhook runs from one,
+    else the installed package's."""
+    import os
+
+    base = os.environ.get("GPUHOOK_EXAMPLES")
+    if not base:
+        tree = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__)))), "examples")
+        base = "examples" if os.path.isdir(os.path.join(tree, "bundle")) else INSTALLED_EXAMPLES
+    return os.path.join(base, "bundle"), os.path.join(base, "config.toml")

@@ -19,6 +19,11 @@ def inventory() -> None:
     /run/gpuhook/inventory.json) instead of NVML when it is fresh: same driver version, GPU
     set, proc/devices, mig-minors (content and mtime), MIG capability tree, inventory source
     and host-root as when it was written. Otherwise it reads the backend and notes why.
+
+    \b
+    Examples:
+      gpuhook inventory refresh
+      gpuhook inventory show
     """
 
 
@@ -31,6 +36,11 @@ def refresh(config_path: str | None, dry_run: bool) -> None:
 
     Run it at boot and after every driver or MIG change (a stale snapshot is never used, but
     then every GPU container start pays for NVML again).
+
+    \b
+    Examples:
+      gpuhook inventory refresh
+      gpuhook inventory refresh --dry-run --config /etc/gpuhook/config.toml
     """
     from gpuhook.config import load_config
     from gpuhook.inventory.load import read_backend
@@ -58,7 +68,13 @@ def refresh(config_path: str | None, dry_run: bool) -> None:
 @inventory.command("show")
 @click.option("--config", "config_path", metavar="FILE", help=CONFIG_HELP)
 def show(config_path: str | None) -> None:
-    """Say whether the snapshot would be used now, and why not. Exit 0: fresh; 1: not used."""
+    """Say whether the snapshot would be used now, and why not. Exit 0: fresh; 1: not used
+    (what changed, with the recorded and the current value).
+
+    \b
+    Example:
+      gpuhook inventory show || gpuhook inventory refresh
+    """
     from gpuhook.config import load_config
     from gpuhook.inventory.snapshot import StaleSnapshot, fresh_inventory
 

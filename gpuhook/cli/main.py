@@ -27,6 +27,13 @@ def cli() -> None:
 
     \b
     Start with:  gpuhook dry-run BUNDLE      (what a container would get, changing nothing)
+                 gpuhook doctor              (is this node ready?)
+                 gpuhook explain POD         (why a pod got the GPUs it got)
+
+    \b
+    Examples:
+      gpuhook install --runtime containerd --dry-run
+      gpuhook dry-run EXAMPLE_BUNDLE --config EXAMPLE_CONFIG
     """
 
 
@@ -47,9 +54,11 @@ def dry_run(bundle: str, config_path: str | None, inventory: str | None,
     Exit 1: the request cannot be satisfied (unknown id, NVML error, policy, requirement).
     Exit 2: usage error, or unreadable / malformed input.
 
+    In --json, file_mode is the mode as a decimal integer (438 is 0666).
+
     \b
     Example, with the shipped fake inventory:
-      gpuhook dry-run examples/bundle --config examples/config.toml
+      gpuhook dry-run EXAMPLE_BUNDLE --config EXAMPLE_CONFIG
     """
     from gpuhook.config import load_config
     from gpuhook.decide.render import render_json, render_text
@@ -78,30 +87,62 @@ def _abs(path: str | None) -> str | None:
 @cli.group()
 def hook() -> None:
     """OCI hooks. Registered in a spec as
-    {"path": "/usr/bin/gpuhook", "args": ["gpuhook", "hook", "prestart"]}."""
+    {"path": "/usr/bin/gpuhook", "args": ["gpuhook", "hook", "prestart"]}.
+
+    \b
+    Examples:
+      gpuhook install --runtime podman      (writes the hooks.d file that runs it)
+      gpuhook hook prestart --help
+    """
 
 
 @hook.command("prestart", context_settings={"ignore_unknown_options": True})
 @click.option("--config", "config_path", metavar="FILE", help=CONFIG_HELP)
-def hook_prestart(config_path: str | None) -> None:
+@click.option("--log", is_flag=True,
+              help="Write the decision log even when run by hand from a terminal (by default "
+                   "a hand run prints the record instead of adding it to the node's log).")
+def hook_prestart(config_path: str | None, log: bool) -> None:
     """Read the OCI state on stdin and apply the plan to the starting container.
 
     Exit 0: applied, or nothing to do. Non-zero: the container must not start; one line on
-    stderr says why, and a JSON line goes to the log file.
+    stderr says why, and a JSON line goes to the log file. With a terminal on stdin it prints
+    its usage instead of waiting for the state.
+
+    \b
+    Example, by hand, as runc would call it (state JSON on stdin):
+      echo '{"ociVersion": "1.0.2", "id": "c1", "pid": 4242, "bundle": "/run/b"}' \\
+        | gpuhook hook prestart --config /etc/gpuhook/config.toml
     """
     from gpuhook.runtime.hook import prestart_main
 
-    sys.exit(prestart_main(["--config", config_path] if config_path else []))
+    args = ["--config", config_path] if config_path else []
+    sys.exit(prestart_main([*args, "--log"] if log else args))
+
+
+def _examples() -> None:
+    # The dry-run example points at the source tree's examples when gpuhook runs from one, else
+    # at those the Debian package installs (GPUHOOK_EXAMPLES: the man page generator's choice).
+    from gpuhook.cli.common import example_paths
+
+    bundle, config = example_paths()
+    for cmd in (cli, dry_run):
+        cmd.help = (cmd.help or "").replace("EXAMPLE_BUNDLE", bundle).replace(
+            "EXAMPLE_CONFIG", config)
 
 
 def _register() -> None:
     # Command groups that live in their own modules (one job each).
+    from gpuhook.cli.doctor import doctor
+    from gpuhook.cli.explain import explain
     from gpuhook.cli.install import install, uninstall
     from gpuhook.cli.inventory import inventory
 
     cli.add_command(install)
     cli.add_command(uninstall)
     cli.add_command(inventory)
+    cli.add_command(explain)
+    cli.add_command(doctor)
 
 
 _register()
+_examples()

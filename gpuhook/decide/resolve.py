@@ -58,11 +58,11 @@ def _resolve_one(device_id: str, inv: Inventory, allow_full: bool) -> list[Resol
                 out.append(Resolved(gpu))
         return out
     if _INDEX.match(device_id):
-        gpu = _gpu_by(lambda g: g.index == int(device_id), inv, device_id)
+        gpu = _gpu_by(lambda g: g.index == int(device_id), inv, device_id, allow_full)
         return [_full(gpu, device_id, allow_full)]
     m = _MIG_INDEX.match(device_id)
     if m:
-        gpu = _gpu_by(lambda g: g.index == int(m.group(1)), inv, device_id)
+        gpu = _gpu_by(lambda g: g.index == int(m.group(1)), inv, device_id, allow_full)
         for mig in gpu.mig_devices:
             if mig.index == int(m.group(2)):
                 return [Resolved(gpu, mig)]
@@ -70,12 +70,12 @@ def _resolve_one(device_id: str, inv: Inventory, allow_full: bool) -> list[Resol
     # UUIDs are matched case-insensitively, as nvidia-container-cli does (strcasecmp).
     wanted = device_id.lower()
     if wanted.startswith("gpu-"):
-        gpu = _gpu_by(lambda g: g.uuid.lower() == wanted, inv, device_id)
+        gpu = _gpu_by(lambda g: g.uuid.lower() == wanted, inv, device_id, allow_full)
         return [_full(gpu, device_id, allow_full)]
     old = _OLD_MIG.fullmatch(device_id)
     if old:
         parent = old.group(1).lower()
-        gpu = _gpu_by(lambda g: g.uuid.lower() == parent, inv, device_id)
+        gpu = _gpu_by(lambda g: g.uuid.lower() == parent, inv, device_id, allow_full)
         for mig in gpu.mig_devices:
             if (mig.gi, mig.ci) == (int(old.group(2)), int(old.group(3))):
                 return [Resolved(gpu, mig)]
@@ -90,11 +90,11 @@ def _resolve_one(device_id: str, inv: Inventory, allow_full: bool) -> list[Resol
                            + (", ".join(migs) if migs else "none (no GPU is in MIG mode)"))
     pci = _pci_key(device_id)
     if pci is not None:
-        gpu = _gpu_by(lambda g: _pci_key(g.pci_bus_id) == pci, inv, device_id)
+        gpu = _gpu_by(lambda g: _pci_key(g.pci_bus_id) == pci, inv, device_id, allow_full)
         return [_full(gpu, device_id, allow_full)]
     raise ResolveError(f"{device_id!r} is not a device id (expected an index like 0, "
                        f"a MIG index like 0:1, GPU-<uuid>, MIG-<uuid>, a PCI bus id like "
-                       f"0000:07:00.0 or all); available: {_gpu_list(inv)}")
+                       f"0000:07:00.0 or all); available: {_gpu_list(inv, allow_full)}")
 
 
 def _pci_key(bus_id: str) -> tuple[int, int, int] | None:
@@ -106,11 +106,12 @@ def _pci_key(bus_id: str) -> tuple[int, int, int] | None:
     return int(m.group(1), 16), int(m.group(2), 16), int(m.group(3), 16)
 
 
-def _gpu_by(pred: Callable[[Gpu], bool], inv: Inventory, device_id: str) -> Gpu:
+def _gpu_by(pred: Callable[[Gpu], bool], inv: Inventory, device_id: str,
+            allow_full: bool) -> Gpu:
     for gpu in inv.gpus:
         if pred(gpu):
             return gpu
-    raise ResolveError(f"{device_id} not found; available: {_gpu_list(inv)}")
+    raise ResolveError(f"{device_id} not found; available: {_gpu_list(inv, allow_full)}")
 
 
 def _full(gpu: Gpu, device_id: str, allow_full: bool) -> Resolved:
@@ -122,10 +123,16 @@ def _full(gpu: Gpu, device_id: str, allow_full: bool) -> Resolved:
     return Resolved(gpu)
 
 
-def _gpu_list(inv: Inventory) -> str:
-    if not inv.gpus:
-        return "no GPUs"
-    return ", ".join(f"{g.uuid} ({g.index})" for g in inv.gpus)
+def _gpu_list(inv: Inventory, allow_full: bool) -> str:
+    """What could be granted: whole GPUs, and for a GPU in MIG mode (unless whole ones are
+    allowed) its MIG devices instead."""
+    units: list[str] = []
+    for g in inv.gpus:
+        if g.mig_enabled and not allow_full:
+            units += [f"{m.uuid} ({g.index}:{m.index})" for m in g.mig_devices]
+        else:
+            units.append(f"{g.uuid} ({g.index})")
+    return ", ".join(units) if units else "nothing (no GPU, or MIG mode without MIG devices)"
 
 
 def _mig_list(gpu: Gpu) -> str:

@@ -131,6 +131,11 @@ def block_style(text: str, runtimes_path: list[str]) -> BlockStyle:
     return BlockStyle(prefix, header, key, sub_header, sub_key)
 
 
+def _flush_left(style: BlockStyle) -> BlockStyle:
+    """The style's quoting, without its indentation (for a block appended at the end)."""
+    return BlockStyle(style.prefix)
+
+
 def _header_keys(header: str) -> list[str]:
     import tomllib
 
@@ -205,20 +210,20 @@ def containerd_edit(text: str, opts: Options, drop_in_path: str | None) -> tuple
         if parent is not None and _is_table(parent):
             _set_scalar(parent, "default_runtime_name", opts.name)
     out = tomlkit.dumps(doc)
-    indent = _indented(text)
+    # Blocks are appended at the end of the file, after whatever table is last there: flush
+    # left, since indenting them like the runc runtime's would read as nested in that table.
     if opts.set_as_default and not _is_table(_get(doc, base)):
         if _get(doc, base) is None:
-            block = (f"{'  ' * (len(base) - 1) if indent else ''}[{_header(base)}]\n"
-                     f"{'  ' * len(base) if indent else ''}default_runtime_name = "
-                     f"{json.dumps(opts.name)}\n")
+            block = (f"[{_header(base)}]\n"
+                     f"default_runtime_name = {json.dumps(opts.name)}\n")
             out = _append(out, block)
         else:
             raise InstallError(f"{_header(base)} is not a table; edit it by hand")
     if existing is None:
-        style = block_style(text, rt_path[:-1])
+        style = _flush_left(block_style(text, rt_path[:-1]))
         out = _append(out, render_runtime_block(opts.name, table, style))
     elif add_options:
-        style = block_style(text, rt_path[:-1])
+        style = _flush_left(block_style(text, rt_path[:-1]))
         block = render_runtime_block(opts.name, {"options": {"BinaryName": opts.runtime_binary}},
                                      style)
         out = _append(out, block.split("\n", 2)[2])  # the options table only

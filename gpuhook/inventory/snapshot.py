@@ -319,7 +319,7 @@ def fresh_snapshot(config: Config) -> tuple[Inventory, dict[str, int] | None]:
         changed = sorted(k for k in current.keys() | recorded.keys()
                          if current.get(k) != recorded.get(k))
         what = [_describe(k, recorded.get(k), current.get(k)) for k in changed]
-        raise StaleSnapshot(f"{path} is stale: {', '.join(what)} changed")
+        raise StaleSnapshot(f"{path} is stale: {'; '.join(what)}")
     try:
         inventory = Inventory.from_dict(doc.get("inventory"), f"snapshot {path}")
     except GpuhookError as e:
@@ -334,9 +334,26 @@ def fresh_snapshot(config: Config) -> tuple[Inventory, dict[str, int] | None]:
 
 
 def _describe(key: str, was: object, now: object) -> str:
+    """What changed, with the recorded and the current value (first line, bounded)."""
     if key == "files" and isinstance(was, dict) and isinstance(now, dict):
-        return ", ".join(rel for rel in sorted(now.keys() | was.keys())
+        return "; ".join(f"{rel} changed (was {_short(was.get(rel))}, now {_short(now.get(rel))})"
+                         for rel in sorted(now.keys() | was.keys())
                          if was.get(rel) != now.get(rel))
-    return {"source": "inventory source", "host_root": "host-root",
+    name = {"source": "inventory source", "host_root": "host-root",
             "mig_minors_mtime_ns": "mig-minors mtime", "gpus": "GPU set",
             "capabilities": "MIG capability tree"}.get(key, key)
+    if isinstance(was, list) and isinstance(now, list):
+        gone = sorted(set(map(str, was)) - set(map(str, now)))
+        new = sorted(set(map(str, now)) - set(map(str, was)))
+        return (f"{name} changed (gone: {_short(', '.join(gone)) if gone else 'none'}; "
+                f"new: {_short(', '.join(new)) if new else 'none'})")
+    return f"{name} changed (was {_short(was)}, now {_short(now)})"
+
+
+def _short(value: object, limit: int = 80) -> str:
+    if value is None:
+        return "absent"
+    if isinstance(value, dict):  # the inventory source: the file or the backend
+        value = value.get("path") or value.get("backend")
+    text = str(value).strip().splitlines()[0] if str(value).strip() else "empty"
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -14,9 +13,10 @@ from gpuhook.decide.render import plan_json
 from gpuhook.decide.request import loggable_env
 
 
-def log_decision(path: str, record: dict[str, Any]) -> None:
-    """Append one line. A log that cannot be written is reported on stderr, never fatal: the
-    decision itself is already made and enforced."""
+def log_decision(path: str, record: dict[str, Any]) -> str | None:
+    """Append one line. A log that cannot be written is never fatal (the decision itself is
+    already made and enforced): the warning is returned for the caller to put where it belongs
+    (the shim: the runtime's --log, never stderr, which is the container's stdio at create)."""
     line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record},
                       separators=(",", ":"), default=str) + "\n"
     try:
@@ -28,7 +28,8 @@ def log_decision(path: str, record: dict[str, Any]) -> None:
         finally:
             os.close(fd)
     except OSError as e:
-        print(f"gpuhook: warning: cannot write log {path}: {e.strerror}", file=sys.stderr)
+        return f"warning: cannot write decision log {path}: {e.strerror}"
+    return None
 
 
 def plan_record(plan: Plan, env: Mapping[str, str]) -> dict[str, Any]:

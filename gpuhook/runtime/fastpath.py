@@ -10,6 +10,7 @@ valid at run time. Measured in bench/run (P1, importtime).
 """
 
 from gpuhook.limits import DEV_NULL, MAX_SPEC_BYTES, MAX_STATE_BYTES
+from gpuhook.runtime.early import DEFAULT_VOLUME_MOUNT_ROOT
 
 __all__ = ["DEV_NULL", "MAX_SPEC_BYTES", "MAX_STATE_BYTES", "loads", "might_request"]
 
@@ -47,24 +48,33 @@ def loads(data: bytes) -> object:
     return obj
 
 
-def might_request(spec: object) -> bool:
+def might_request(spec: object, roots: "tuple[str, ...]" = (DEFAULT_VOLUME_MOUNT_ROOT,)) -> bool:
     """False only when no config could make this spec request anything: no /dev/null mount
-    (a device-plugin id or MIG capability) and no NVIDIA_* or CUDA_VERSION env entry.
-    Anything unexpected answers True, so the full, validating path decides. A source is
-    compared as the toolkit does, cleaned (`/dev/./null`, `//dev/null`): any path that cleans
-    to /dev/null has a `null` component, so containing "null" is the cheap, safe test."""
+    under one of `roots` (a device-plugin id or MIG capability: the default root and the
+    configured one, see early.py) and no NVIDIA_* or CUDA_VERSION env entry.
+    Anything unexpected answers True, so the full, validating path decides. Paths are compared
+    as the toolkit does, cleaned (`/dev/./null`, `//var/run/...`): any source that cleans to
+    /dev/null has a `null` component, so containing "null" is the cheap, safe test, and the
+    destination is compared with its empty and `.` components dropped."""
     if not isinstance(spec, dict):
         return True
     mounts = spec.get("mounts") or []
     process = spec.get("process")
     if not isinstance(mounts, list) or not isinstance(process, dict):
         return True
+    prefixes = tuple(_clean(r) for r in roots)
     for m in mounts:
         if not isinstance(m, dict):
             return True
         source = m.get("source")
-        if source is not None and (not isinstance(source, str) or "null" in source):
+        if source is None:
+            continue
+        if not isinstance(source, str):
             return True
+        if "null" in source:
+            dest = m.get("destination")
+            if not isinstance(dest, str) or ".." in dest or _clean(dest).startswith(prefixes):
+                return True
     env = process.get("env") or []
     if not isinstance(env, list):
         return True
@@ -72,3 +82,9 @@ def might_request(spec: object) -> bool:
         if not isinstance(item, str) or item.startswith(("NVIDIA_", "CUDA_VERSION=")):
             return True
     return False
+
+
+def _clean(path: str) -> str:
+    """`path` with empty and `.` components dropped, ending in "/" (a prefix test then matches
+    whole components only)."""
+    return "/" + "".join(p + "/" for p in path.split("/") if p and p != ".")

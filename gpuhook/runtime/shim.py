@@ -180,8 +180,12 @@ def exec_runtime(runtime: str, argv: list[str]) -> None:
     # runtime what its caller gave us.
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        # try/except, not contextlib.suppress: no contextlib import on this path.
+        try:  # noqa: SIM105
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a read-only or closed stdio: nothing of ours is lost (see report)
     os.execve(runtime, [runtime, *argv[1:]], env)
 
 
@@ -201,19 +205,22 @@ def read_spec(bundle: str) -> tuple[str, bytes]:
         raise InputError(f"spec {path}: {e.strerror}") from None
 
 
-def might_request(raw: bytes) -> bool:
+def might_request(raw: bytes, roots: tuple[str, ...]) -> bool:
     from gpuhook.runtime.fastpath import loads
     from gpuhook.runtime.fastpath import might_request as spec_might_request
 
     try:
-        return spec_might_request(loads(raw))
+        return spec_might_request(loads(raw), roots)
     except ValueError:
         return True  # the validating parser names the problem
 
 
-def prepare_bundle(path: str, raw: bytes, config: Config, record: dict[str, Any]) -> str:
+def prepare_bundle(path: str, raw: bytes, config: Config, record: dict[str, Any],
+                   problems: list[str] | None = None, roots: tuple[str, ...] = ()) -> str:
     """Edit the bundle's config.json (`path`, whose bytes are `raw`) for the container's plan.
-    Returns what happened: "untouched" (empty plan, or already edited) or "edited"."""
+    Returns what happened: "untouched" (empty plan, or already edited) or "edited".
+    `problems`: why the config did not load (`config` is then the lenient one): the spec is
+    never edited, and a request gpuhook would act on is refused (broken_config.py)."""
     import json
 
     from gpuhook.decide.spec import decode_json, spec_view
@@ -221,6 +228,7 @@ def prepare_bundle(path: str, raw: bytes, config: Config, record: dict[str, Any]
     from gpuhook.runtime.decision_log import plan_record
     from gpuhook.runtime.fastpath import MAX_SPEC_BYTES
     from gpuhook.runtime.pipeline import plan_for_spec
+    from gpuhook.runtime.pod import pod_identity
 
     if len(raw) > MAX_SPEC_BYTES:
         from gpuhook.errors import InputError
@@ -229,6 +237,14 @@ def prepare_bundle(path: str, raw: bytes, config: Config, record: dict[str, Any]
     spec = decode_json(raw, path)
     view = spec_view(spec, path)  # checks that it is an object, among the rest
     assert isinstance(spec, dict)
+    record.update(pod_identity(spec.get("annotations")))
+    if problems:
+        from gpuhook.runtime import broken_config
+
+        decision = broken_config.judge(view, config, problems, roots)
+        record.update(decision="untouched-broken-config", config_errors=problems[:8],
+                      ignored=[vars(i) for i in decision.ignored])
+        return "untouched"
     plan = plan_for_spec(view, config)
     record.update(plan_record(plan, view.env), mode=config.mode)
     if plan.empty and not plan.env:
@@ -281,29 +297,46 @@ def gpuhook_executable(argv0: str | None = None) -> str:
 
 # ---- reporting -------------------------------------------------------------------------------
 
-def runtime_log_line(message: str, log_format: str, now: float | None = None) -> str:
-    """One error line as runc's logrus writes it (containerd reads the last error from it)."""
+def runtime_log_line(message: str, log_format: str, now: float | None = None,
+                     level: str = "error") -> str:
+    """One line as runc's logrus writes it (containerd reads the last error from it)."""
     import json
 
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if now is None else now))
     if log_format == "json":
-        return json.dumps({"level": "error", "msg": message, "time": stamp}) + "\n"
-    return f"time={json.dumps(stamp)} level=error msg={json.dumps(message)}\n"
+        return json.dumps({"level": level, "msg": message, "time": stamp}) + "\n"
+    return f"time={json.dumps(stamp)} level={level} msg={json.dumps(message)}\n"
 
 
-def report(message: str, inv: Invocation) -> None:
-    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+def write_runtime_log(message: str, inv: Invocation, level: str = "error") -> bool:
+    """Append to runc's --log, where containerd looks for the reason; False if not written."""
     if not inv.log_path:
-        return
-    line = runtime_log_line(f"{PROG}: {message}", inv.log_format)
+        return False
+    line = runtime_log_line(f"{PROG}: {message}", inv.log_format, level=level)
     try:
         fd = os.open(inv.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             os.write(fd, line.encode())
         finally:
             os.close(fd)
-    except OSError as e:
-        print(f"{PROG}: warning: cannot write log {inv.log_path}: {e.strerror}", file=sys.stderr)
+    except OSError:
+        return False
+    return True
+
+
+def report(message: str, inv: Invocation) -> None:
+    """The refusal: --log first (containerd reads it even when stdio is /dev/null), then
+    stderr, whose failure changes nothing (runtime/stderr.py)."""
+    from gpuhook.runtime.stderr import write_stderr
+
+    write_runtime_log(message, inv)
+    write_stderr(f"{PROG}: {message}")
+
+
+def warn(message: str, inv: Invocation) -> None:
+    """gpuhook's own warning: the runtime's --log only. Never stderr: for `create` that is the
+    container's stdout/stderr (the workload's log)."""
+    write_runtime_log(message, inv, level="warning")
 
 
 def main(argv: list[str]) -> int:
@@ -316,46 +349,54 @@ def main(argv: list[str]) -> int:
 
 
 def _run(argv: list[str], inv: Invocation) -> int:
-    from gpuhook.config import Config, load_config
-    from gpuhook.errors import GpuhookError
+    from gpuhook.runtime.early import early_config
 
     if os.environ.get(MARKER):
         raise ShimError(f"called by itself ({MARKER} is set): the real runtime named by "
                         "`runtimes` in the gpuhook config is gpuhook-runtime; name runc or crun",
                         126)
     path_env = os.environ.get("PATH", DEFAULT_PATH)
+    # The same runtimes for every command, read without loading the config: a broken config
+    # neither stops `state` / `kill` / `delete` nor sends them to another runtime than `create`.
+    early = early_config()
+    runtime = find_runtime(early.runtimes, path_env, self_paths(argv[0], path_env))
     if not inv.edits_spec:
-        try:
-            passthrough = load_config()
-        except GpuhookError:
-            # delete / kill / state must keep working with a broken config; nothing is granted.
-            passthrough = Config()
-        runtime = find_runtime(passthrough.runtimes, path_env, self_paths(argv[0], path_env))
         exec_runtime(runtime, argv)
         return 0  # not reached
+    from gpuhook.errors import GpuhookError
+
     record: dict[str, Any] = {"event": "create", "id": inv.container_id or "?"}
-    config: Config | None = None
+    log_file: str | None = None
     try:
-        config = load_config()
-        runtime = find_runtime(config.runtimes, path_env, self_paths(argv[0], path_env))
         bundle = os.path.abspath(inv.bundle or ".")
         record["bundle"] = bundle
         path, raw = read_spec(bundle)
-        if might_request(raw):
-            prepare_bundle(path, raw, config, record)
-    except GpuhookError as e:
+        if might_request(raw, early.roots):
+            from gpuhook.config import load_config_lenient
+
+            config, problems = load_config_lenient()
+            log_file = config.log_file
+            prepare_bundle(path, raw, config, record, problems, early.roots)
+            if problems:
+                from gpuhook.runtime.broken_config import warning
+
+                warn(f"{inv.container_id or '?'}: {warning(problems)}", inv)
+    except (GpuhookError, OSError, ShimError) as e:
         record.update(decision="refused", error=str(e))
-        raise ShimError(f"{inv.command} {inv.container_id or '?'}: {e}", e.exit_code) from None
-    except OSError as e:
-        record.update(decision="refused", error=str(e))
-        raise ShimError(f"{inv.command} {inv.container_id or '?'}: {e}") from None
-    except ShimError as e:
-        record.update(decision="refused", error=str(e))
-        raise
+        if log_file is None:
+            from gpuhook.config import load_config_lenient
+
+            log_file = load_config_lenient()[0].log_file
+        if isinstance(e, ShimError):
+            raise
+        code = e.exit_code if isinstance(e, GpuhookError) else 1
+        raise ShimError(f"{inv.command} {inv.container_id or '?'}: {e}", code) from None
     finally:
-        if config is not None and "decision" in record:
+        if log_file is not None and "decision" in record:
             from gpuhook.runtime.decision_log import log_decision
 
-            log_decision(config.log_file, record)
+            failed = log_decision(log_file, record)
+            if failed:
+                warn(failed, inv)
     exec_runtime(runtime, argv)
     return 0  # not reached

@@ -7,10 +7,13 @@ Needs only click (a build dependency); every command's help, options and sub-com
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+# The man page documents the installed package: its examples, not the source tree's.
+os.environ["GPUHOOK_EXAMPLES"] = "/usr/share/doc/gpuhook/examples"
 
 import click
 
@@ -20,10 +23,11 @@ from gpuhook.cli.main import cli
 FILES = [
     ("/etc/gpuhook/config.toml", "The configuration (TOML, flat keys; every key documented "
      "inside). A dpkg conffile: kept on remove, deleted on purge."),
-    ("/usr/share/containers/oci/hooks.d/gpuhook.json", "OCI hooks.d entry: podman and "
-     "CRI-O run \"gpuhook hook prestart\" for every container (one without a GPU request "
-     "exits at once)."),
-    ("/var/log/gpuhook.log", "JSON-lines decision log (config key log-file). Deleted on purge."),
+    ("/usr/share/containers/oci/hooks.d/gpuhook.json", "Not shipped: written by \"gpuhook "
+     "install --runtime podman\" (podman and CRI-O then run \"gpuhook hook prestart\" for "
+     "every container; one without a GPU request exits at once)."),
+    ("/var/log/gpuhook.log", "JSON-lines decision log (config key log-file); \"gpuhook "
+     "explain\" reads it. Rotated weekly by /etc/logrotate.d/gpuhook. Deleted on purge."),
     ("/run/gpuhook/inventory.json", "NVML snapshot written by \"gpuhook inventory refresh\" "
      "(config key inventory-cache)."),
     ("/usr/lib/gpuhook/vendor/pynvml.py", "The NVML bindings from nvidia-ml-py, vendored."),
@@ -95,6 +99,11 @@ def manpage(prog: str) -> str:
         ".SH ENVIRONMENT", ".TP", ".B GPUHOOK_CONFIG",
         esc("Config file used when --config is not given; else /etc/gpuhook/config.toml, "
             "else the built-in defaults (equal to the shipped config.toml)."),
+        ".SH REGISTRATION",
+        esc("Installing the package registers gpuhook with no container engine. Run "
+            "\"gpuhook install --runtime containerd\" (or crio, docker, podman) to register it, "
+            "\"gpuhook doctor\" to check the node, and \"gpuhook uninstall\" with the same "
+            "options before removing the package."),
         ".SH FILES",
     ]
     for path, what in FILES:

@@ -79,9 +79,10 @@ if _why:
 
 
 def _register(config: Path) -> subprocess.CompletedProcess[str]:
-    """`gpuhook install --runtime containerd --config <file> --name nvidia`, as an operator."""
+    """`gpuhook install --runtime containerd --engine-config <file> --name nvidia`, as an
+    operator."""
     return subprocess.run(
-        [str(GPUHOOK), "install", "--runtime", "containerd", "--config", str(config),
+        [str(GPUHOOK), "install", "--runtime", "containerd", "--engine-config", str(config),
          "--name", RUNTIME_NAME],
         capture_output=True, text=True, env={"PATH": f"{BIN}:{MINIMAL_PATH}"}, timeout=60,
         check=False,
@@ -385,3 +386,128 @@ def test_cri_exec_passes_through_and_sees_the_same_devices(pod: Pod) -> None:
     finally:
         cri.stop_container(cid, timeout_s=2)
         cri.remove_container(cid)
+
+
+# --- the operator's path: a broken gpuhook config, stdio on /dev/null, explain -----------------
+
+
+@contextlib.contextmanager
+def broken_gpuhook_config(node: Node) -> Iterator[None]:
+    """The node's gpuhook config with a typo (an unknown key), as an operator's edit leaves it;
+    containerd's shims read it on every call, so no restart is involved."""
+    good = node.gpuhook_config.read_text()
+    node.gpuhook_config.write_text(good + 'inventry = "nvml"\n')
+    try:
+        yield
+    finally:
+        node.gpuhook_config.write_text(good)
+
+
+def test_ctr_null_io_refusal_reaches_ctr(node: Node) -> None:
+    """`ctr run --null-io`: the runtime's stdout/stderr are a read-only /dev/null (go-runc's
+    NewNullIO); the refusal still reaches ctr through the runtime's --log."""
+    cd = node.containerd
+    res = cd.ctr("run", "--rm", "--null-io", *_runtime_flags(cd), *_mount_flags(("9",)),
+                 IMAGE, unique("ctr-null"), "sh", "-c", "echo started",
+                 namespace=NAMESPACE, check=False)  # fmt: skip
+    assert res.returncode != 0
+    assert "gpuhook-runtime: create " in res.stderr, res.stderr
+    assert "9 not found; available:" in res.stderr, res.stderr
+    assert "exit status 120" not in res.stderr and "log.json" not in res.stderr, res.stderr
+
+
+def test_ctr_null_io_with_a_broken_config_names_the_config(node: Node) -> None:
+    cd = node.containerd
+    with broken_gpuhook_config(node):
+        res = cd.ctr("run", "--rm", "--null-io", *_runtime_flags(cd), *_mount_flags(("2",)),
+                     IMAGE, unique("ctr-null"), "sh", "-c", "echo started",
+                     namespace=NAMESPACE, check=False)  # fmt: skip
+    assert res.returncode != 0
+    assert "unknown key 'inventry' (did you mean 'inventory'?)" in res.stderr, res.stderr
+
+
+def test_cri_broken_config_starts_a_gpu_less_pod_and_refuses_a_gpu_pod_by_name(
+        node: Node) -> None:
+    """With a typo in gpuhook's config: a new pod's sandbox (NullIO: stdio on a read-only
+    /dev/null) and its GPU-less container start through the nvidia handler; a GPU container in
+    the same pod is refused, and the config's problem is in the CRI error kubelet gets."""
+    import grpc
+
+    cri = CriClient(socket=node.containerd.socket, gen_dir=node.workdir / "cri_gen_broken")
+    log_dir = node.workdir / "pod-logs-broken"
+    log_dir.mkdir(exist_ok=True)
+    name = unique("broken-pod")
+    config = cri.sandbox_config(name=name, uid=name, log_dir=log_dir,
+                                cgroup_parent=f"/{POD_CGROUP}", privileged=True)
+    try:
+        with broken_gpuhook_config(node):
+            pod_id = cri.run_pod_sandbox(config, runtime_handler=RUNTIME_NAME)
+            try:
+                pod = Pod(cri=cri, pod_id=pod_id, sandbox_config=config, log_dir=log_dir)
+                plain = next(c for c in CASES if not c.requested and c.env is None)
+                _, out = _cri_run(pod, unique("plain"), plain, device_probe.script())
+                problems = plain.expect.check(device_probe.parse(out))
+                assert not problems, "\n".join(problems) + "\n--- probe output:\n" + out
+                gname = unique("gpu")
+                with pytest.raises(grpc.RpcError) as info:
+                    gid = cri.create_container(
+                        pod_id, config, name=gname, image=IMAGE,
+                        command=["sh", "-c", "echo started"], env={},
+                        mounts=[("/dev/null", f"{DEVICE_DIR}/2")], log_path=f"{gname}.log",
+                    )  # fmt: skip
+                    try:
+                        cri.start_container(gid)
+                    finally:
+                        cri.remove_container(gid)
+                details = str(info.value.details())
+                assert "unknown key 'inventry'" in details, details
+                assert "refused: the container asks for GPUs (2, through volume-mounts)" \
+                    in details, details
+            finally:
+                cri.stop_pod_sandbox(pod_id)
+                cri.remove_pod_sandbox(pod_id)
+    finally:
+        cri.close()
+    # the refusal is in the decision log under the pod's name: `gpuhook explain` finds it
+    res = subprocess.run([str(GPUHOOK), "explain", name, "--config", str(node.gpuhook_config)],
+                         capture_output=True, text=True, timeout=60, check=False,
+                         env={"PATH": MINIMAL_PATH})  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert f"pod gpuhook-e2e/{name}  container {gname}" in res.stdout, res.stdout
+    assert "REFUSED" in res.stdout and "unknown key 'inventry'" in res.stdout, res.stdout
+
+
+def test_explain_finds_a_cri_pod_by_name(node: Node, pod: Pod) -> None:
+    """A GPU container run through the kubelet's path is in the decision log under its pod's
+    namespace and name (containerd's CRI annotations), and `gpuhook explain POD` tells it."""
+    name = unique("explained")
+    case = next(c for c in CASES if c.requested == ("2",) and not c.privileged)
+    cid, _ = _cri_run(pod, name, case, device_probe.script())
+    pod_name = pod.sandbox_config.metadata.name  # type: ignore[attr-defined]
+    res = subprocess.run(
+        [str(GPUHOOK), "explain", f"gpuhook-e2e/{pod_name}/{name}", "--config",
+         str(node.gpuhook_config)],
+        capture_output=True, text=True, timeout=60, check=False, env={"PATH": MINIMAL_PATH},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert f"container {cid}  pod gpuhook-e2e/{pod_name}  container {name}" in res.stdout
+    assert "asked:   2 through volume-mounts" in res.stdout, res.stdout
+    assert "got:     GPU 2 (GPU-" in res.stdout, res.stdout
+
+
+def test_doctor_reads_the_registration_install_made(node: Node) -> None:
+    """`gpuhook doctor` on the config `gpuhook install` edited (and containerd loaded): the
+    runtime is found and its binary is gpuhook's."""
+    res = subprocess.run(
+        [str(GPUHOOK), "doctor", "--json", "--config", str(node.gpuhook_config),
+         "--containerd-config", str(node.containerd.config),
+         "--containerd-drop-in-dir", str(node.workdir / "no-conf.d")],
+        capture_output=True, text=True, timeout=120, check=False, env={"PATH": MINIMAL_PATH},
+    )  # fmt: skip
+    report = json.loads(res.stdout)
+    [check] = [c for c in report["checks"] if c["name"] == "containerd"]
+    assert check["status"] == "ok", check
+    assert f"runtime '{RUNTIME_NAME}'" in check["detail"], check
+    assert "runs gpuhook-runtime" in check["detail"], check
+    [config] = [c for c in report["checks"] if c["name"] == "config"]
+    assert config["status"] == "ok", config

@@ -42,11 +42,13 @@ GPUHOOK = "/usr/bin/gpuhook"
 DIST = Path("/usr/lib/python3/dist-packages")
 INSTALLED_FAKE = DIST / "gpuhook" / "fake"
 CONFFILE = "/etc/gpuhook/config.toml"
+LOGROTATE = "/etc/logrotate.d/gpuhook"
+PACKAGED_HOOK = "/usr/share/containers/oci/hooks.d/gpuhook.json"  # not shipped any more
 EXPECTED_FILES = (
     "/usr/bin/gpuhook",
     "/usr/bin/gpuhook-runtime",
     CONFFILE,
-    "/usr/share/containers/oci/hooks.d/gpuhook.json",
+    LOGROTATE,
     "/usr/lib/gpuhook/vendor/pynvml.py",
     "/usr/share/man/man1/gpuhook.1.gz",
     "/usr/share/man/man1/gpuhook-runtime.1.gz",
@@ -122,6 +124,7 @@ class Deb:
     packages_before: set[str]
     log_before: bytes | None = None
     run_dir_copy: Path | None = None  # a copy of /run/gpuhook as it was before the install
+    install_output: str = ""  # what dpkg -i (the postinst) printed
 
 
 @pytest.fixture(scope="module")
@@ -152,11 +155,13 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deb]:
                log_before=log_before, run_dir_copy=run_dir_copy)
     try:
         proc = dpkg("-i", str(path))
+        info.install_output = proc.stdout + proc.stderr
         if proc.returncode != 0:
             # Only a missing dependency may fail dpkg -i; apt brings it from Debian.
             fix = sysrun(["apt-get", "install", "-f", "-y", "--no-install-recommends"],
                          timeout=600)
             assert fix.returncode == 0, f"dpkg -i:\n{proc.stderr}\napt-get -f:\n{fix.stderr}"
+            info.install_output += fix.stdout + fix.stderr
         assert installed_status() == "install ok installed"
         yield info
     finally:
@@ -180,12 +185,15 @@ def test_installs_the_promised_files_and_keeps_the_config_as_conffile(deb: Deb) 
     # The snapshot sees them (so the purge comparison at the end can see them go).
     assert sorted(set(EXPECTED_FILES) - (snapshot() - deb.before)) == []
     conffiles = sysrun(["dpkg-query", "-W", "-f=${Conffiles}", PKG]).stdout.split()
-    assert CONFFILE in conffiles
+    assert CONFFILE in conffiles and LOGROTATE in conffiles
     assert Path(CONFFILE).read_bytes() == (REPO / "config" / "config.toml").read_bytes()
-    hook = json.loads(Path("/usr/share/containers/oci/hooks.d/gpuhook.json").read_text())
-    assert hook["hook"]["path"] == GPUHOOK
-    assert hook["hook"]["args"] == ["gpuhook", "hook", "prestart"]
-    assert hook["when"] == {"always": True} and hook["stages"] == ["prestart"]
+    rotate = Path(LOGROTATE).read_text()
+    assert "/var/log/gpuhook.log {" in rotate and "nocreate" in rotate
+    # Registered with no engine by the package itself: podman and CRI-O read this directory
+    # on every container start, so a shipped file would register gpuhook at `dpkg -i`.
+    assert PACKAGED_HOOK not in listed and not os.path.exists(PACKAGED_HOOK)
+    assert "registered with no container engine" in deb.install_output
+    assert "gpuhook install --runtime podman" in deb.install_output
     depends = sysrun(["dpkg-query", "-W", "-f=${Depends}", PKG]).stdout
     assert "nvidia" not in depends  # vendored, not a dependency Debian can't satisfy
     for dep in ("python3-click", "python3-yaml", "python3-prctl", "python3-tomlkit"):
@@ -279,18 +287,22 @@ def test_install_containerd_dry_run_changes_nothing(deb: Deb, tmp_path: Path) ->
     assert default.returncode == 0, default.stderr
     config.write_text(default.stdout)
     proc = sysrun([GPUHOOK, "install", "--runtime", "containerd", "--dry-run",
-                   "--config", str(config)])
+                   "--engine-config", str(config)])
     assert proc.returncode == 0, proc.stderr
     assert '"/usr/bin/gpuhook-runtime"' in proc.stdout  # found next to the installed gpuhook
     assert config.read_text() == default.stdout
 
 
-def test_packaged_hooks_d_file_is_what_install_for_podman_writes(deb: Deb) -> None:
-    # Same name and bytes: `gpuhook install --runtime podman` on a packaged node is a no-op
-    # rather than a second hook entry that would run gpuhook twice per container.
-    proc = sysrun([GPUHOOK, "install", "--runtime", "podman", "--dry-run"])
+def test_install_for_podman_writes_the_hooks_d_file_the_package_does_not_ship(
+        deb: Deb) -> None:
+    """The operator's step registers podman / CRI-O: a new file running the installed gpuhook
+    (dry run: nothing is written)."""
+    proc = sysrun([GPUHOOK, "install", "--runtime", "podman", "--dry-run", "--create-dirs"])
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "no changes"
+    assert proc.stdout.startswith(f"--- /dev/null\n+++ {PACKAGED_HOOK}\n"), proc.stdout
+    assert f'"path": "{GPUHOOK}"' in proc.stdout
+    assert "nothing to restart" in proc.stdout
+    assert not os.path.exists(PACKAGED_HOOK)
 
 
 def _time_runs(argv: Sequence[str], stdin: bytes, env: dict[str, str], n: int) -> list[float]:

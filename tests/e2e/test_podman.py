@@ -112,7 +112,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
     hooks = work / "hooks.d"
     res = subprocess.run(
         [str(GPUHOOK), "install", "--runtime", "podman", "--hooks-dir", str(hooks),
-         "--hook-config", str(config)],
+         "--config", str(config), "--create-dirs"],
         capture_output=True, text=True, check=False, timeout=60, env={"PATH": MINIMAL_PATH},
     )  # fmt: skip
     assert res.returncode == 0, f"gpuhook install failed:\n{res.stdout}\n{res.stderr}"

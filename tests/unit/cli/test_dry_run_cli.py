@@ -75,7 +75,8 @@ def test_unknown_id_exits_one_with_json_error(tmp_path: Path) -> None:
     r = dry_run(bundle_with(tmp_path, spec(ids=["GPU-nope"])), "--json")
     assert r.returncode == 1
     err = json.loads(r.stdout)["error"]
-    assert "GPU-nope not found; available: GPU-" in err
+    assert "GPU-nope not found; available: MIG-" in err and "(0:0)" in err
+    assert "(0), " not in err, "GPU 0 is in MIG mode: not grantable whole"
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
 
 

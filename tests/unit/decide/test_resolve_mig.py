@@ -57,8 +57,10 @@ def test_gpu_node_uses_nvml_minor_not_index(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("device_id", "message"),
     [
-        pytest.param("9", r"9 not found; available: GPU-\S+ \(0\), GPU-\S+ \(1\)",
-                     id="unknown index lists GPUs with index and uuid"),
+        pytest.param("9", r"9 not found; available: MIG-\S+ \(0:0\), .*MIG-\S+ \(1:6\), "
+                          r"GPU-\S+ \(2\), ",
+                     id="unknown index lists what could be granted: MIG devices of a GPU in "
+                        "MIG mode, whole GPUs otherwise"),
         pytest.param("GPU-1234", r"GPU-1234 not found; available: .*\(7\)",
                      id="unknown GPU uuid lists GPUs"),
         pytest.param("MIG-1234", r"MIG-1234 not found; available MIG devices: .*\(1:6\)",

@@ -37,12 +37,12 @@ def gpuhook(*args: str) -> tuple[int, str]:
 
 
 def install(config: Path, *extra: str) -> tuple[int, str]:
-    return gpuhook("install", "--runtime", "containerd", "--config", str(config),
+    return gpuhook("install", "--runtime", "containerd", "--engine-config", str(config),
                    "--runtime-binary", BINARY, *extra)
 
 
 def uninstall(config: Path, *extra: str) -> tuple[int, str]:
-    return gpuhook("uninstall", "--runtime", "containerd", "--config", str(config), *extra)
+    return gpuhook("uninstall", "--runtime", "containerd", "--engine-config", str(config), *extra)
 
 
 def get(data: Any, path: list[str]) -> Any:
@@ -80,7 +80,7 @@ def test_install_adds_the_runtime_with_runcs_options(sample: tuple[Path, bytes, 
     get(after, runtimes).pop("nvidia")
     get(before, runtimes).pop("nvidia", None)
     assert after == before
-    assert "systemctl restart containerd" in out
+    assert "restart containerd to take effect" in out
 
 
 def test_install_keeps_every_original_byte_but_a_replaced_runtime(
@@ -127,11 +127,14 @@ def test_dry_run_prints_the_diff_and_changes_nothing(sample: tuple[Path, bytes, 
     code, out = install(path, "--set-as-default", "--dry-run")
     assert code == 0
     assert out.startswith(f"--- {path}\n+++ {path}\n@@ ")
-    assert b"runtimes.nvidia]" in original or \
-        '+          runtime_type = "io.containerd.runc.v2"' in out or \
-        '+        runtime_type = "io.containerd.runc.v2"' in out
+    # an appended table is flush left: indented like runc's, it would read as nested in the
+    # table that happens to be last in the file
+    assert b"runtimes.nvidia]" in original or (
+        '\n+runtime_type = "io.containerd.runc.v2"' in out and "\n+[plugins" in out
+        and not any(line.startswith(("+ ", "+\t")) and line.lstrip("+ \t").startswith("[")
+                    for line in out.splitlines()))
     assert f'BinaryName = "{BINARY}"' in out
-    assert "systemctl restart containerd" in out
+    assert "restart containerd" in out
     assert path.read_bytes() == original
     assert sorted(p.name for p in path.parent.iterdir()) == ["config.toml"]
 
@@ -184,7 +187,8 @@ def test_drop_in_writes_a_file_listed_in_imports_and_uninstall_removes_both(
     shutil.copyfile(DATA / "config-default-1.6.20.toml", path)
     original = path.read_bytes()
     conf_d = tmp_path / "conf.d"
-    code, out = install(path, "--drop-in", "--drop-in-dir", str(conf_d), "--set-as-default")
+    code, out = install(path, "--drop-in", "--drop-in-dir", str(conf_d), "--set-as-default",
+                        "--create-dirs")
     assert code == 0, out
     drop_in = conf_d / "99-gpuhook.toml"
     main = tomllib.loads(path.read_text())
@@ -263,7 +267,7 @@ def test_live_containerd_reads_the_drop_in_with_the_main_settings(tmp_path: Path
     path = tmp_path / "config.toml"
     path.write_text(_containerd_default().replace('sandbox_image = "registry.k8s.io/pause:3.6"',
                                                   'sandbox_image = "local/pause:1"'))
-    install(path, "--drop-in", "--drop-in-dir", str(tmp_path / "conf.d"))
+    install(path, "--drop-in", "--drop-in-dir", str(tmp_path / "conf.d"), "--create-dirs")
     dump = subprocess.run(["containerd", "--config", str(path), "config", "dump"], check=True,
                           capture_output=True, text=True, timeout=60).stdout
     cri = tomllib.loads(dump)["plugins"]["io.containerd.grpc.v1.cri"]
@@ -384,7 +388,7 @@ def test_drop_in_imports_is_a_top_level_key(tmp_path: Path, original: str) -> No
     path = tmp_path / "config.toml"
     path.write_text(original)
     conf_d = tmp_path / "conf.d"
-    code, out = install(path, "--drop-in", "--drop-in-dir", str(conf_d))
+    code, out = install(path, "--drop-in", "--drop-in-dir", str(conf_d), "--create-dirs")
     assert code == 0, out
     data = tomllib.loads(path.read_text())
     assert data.pop("imports") == [str(conf_d / "99-gpuhook.toml")]

@@ -29,7 +29,7 @@ def test_crio_gets_a_drop_in_runtime_table(tmp_path: Path) -> None:
     assert data["crio"]["runtime"]["runtimes"]["nvidia"] == {
         "runtime_path": RUNTIME, "runtime_type": "oci"}
     assert data["crio"]["runtime"]["default_runtime"] == "nvidia"
-    assert "systemctl restart crio" in out
+    assert "restart crio to take effect" in out
     assert "nothing changed" in gpuhook("install", "--runtime", "crio", "--drop-in-dir",
                                         str(tmp_path), "--runtime-binary", RUNTIME,
                                         "--set-as-default")[1]
@@ -56,7 +56,7 @@ def test_docker_daemon_json_gets_the_runtime_and_keeps_other_keys(tmp_path: Path
     path = tmp_path / "daemon.json"
     original = json.dumps(DAEMON_JSON, indent=2).encode()
     path.write_bytes(original)
-    code, out = gpuhook("install", "--runtime", "docker", "--config", str(path),
+    code, out = gpuhook("install", "--runtime", "docker", "--engine-config", str(path),
                         "--runtime-binary", RUNTIME, "--set-as-default")
     assert code == 0, out
     data = json.loads(path.read_text())
@@ -64,37 +64,41 @@ def test_docker_daemon_json_gets_the_runtime_and_keeps_other_keys(tmp_path: Path
     assert data["default-runtime"] == "nvidia"
     assert {k: v for k, v in data.items() if k not in ("runtimes", "default-runtime")} == {
         "log-driver": "json-file", "log-opts": {"max-size": "10m"}}
-    assert "systemctl restart docker" in out
+    assert "restart docker to take effect" in out
     once = path.read_bytes()
-    gpuhook("install", "--runtime", "docker", "--config", str(path), "--runtime-binary",
+    gpuhook("install", "--runtime", "docker", "--engine-config", str(path), "--runtime-binary",
             RUNTIME, "--set-as-default")
     assert path.read_bytes() == once
-    assert gpuhook("uninstall", "--runtime", "docker", "--config", str(path))[0] == 0
+    assert gpuhook("uninstall", "--runtime", "docker", "--engine-config", str(path))[0] == 0
     assert path.read_bytes() == original
 
 
 def test_docker_uninstall_after_an_edit_keeps_the_edit(tmp_path: Path) -> None:
     path = tmp_path / "daemon.json"
     path.write_text(json.dumps(DAEMON_JSON))
-    gpuhook("install", "--runtime", "docker", "--config", str(path), "--runtime-binary",
+    gpuhook("install", "--runtime", "docker", "--engine-config", str(path), "--runtime-binary",
             RUNTIME, "--set-as-default")
     data = json.loads(path.read_text())
     data["debug"] = True
     path.write_text(json.dumps(data))
-    gpuhook("uninstall", "--runtime", "docker", "--config", str(path))
+    gpuhook("uninstall", "--runtime", "docker", "--engine-config", str(path))
     assert json.loads(path.read_text()) == {**DAEMON_JSON, "debug": True}
 
 
 def test_docker_without_a_daemon_json_gets_one(tmp_path: Path) -> None:
     path = tmp_path / "docker" / "daemon.json"
-    assert gpuhook("install", "--runtime", "docker", "--config", str(path),
-                   "--runtime-binary", RUNTIME)[0] == 0
+    code, out = gpuhook("install", "--runtime", "docker", "--engine-config", str(path),
+                        "--runtime-binary", RUNTIME)
+    assert code == 1 and f"{path.parent} does not exist" in out and "--create-dirs" in out
+    assert not path.parent.exists(), "nothing half-written"
+    assert gpuhook("install", "--runtime", "docker", "--engine-config", str(path),
+                   "--runtime-binary", RUNTIME, "--create-dirs")[0] == 0
     assert json.loads(path.read_text()) == {"runtimes": {"nvidia": {"path": RUNTIME}}}
 
 
 def test_podman_hooks_d_file_is_the_oci_hook_schema(tmp_path: Path) -> None:
     code, out = gpuhook("install", "--runtime", "podman", "--hooks-dir", str(tmp_path),
-                        "--hook-binary", HOOK, "--hook-config", "/etc/gpuhook/node.toml")
+                        "--hook-binary", HOOK, "--config", "/etc/gpuhook/node.toml")
     assert code == 0, out
     hook = json.loads((tmp_path / "gpuhook.json").read_text())
     assert hook == {
@@ -134,11 +138,12 @@ def test_dry_run_shows_a_new_file_as_a_diff_and_writes_nothing(
 
 
 @pytest.mark.parametrize("args, message", [
-    (["install", "--runtime", "podman", "--config", "/x"], "--config is for containerd"),
+    (["install", "--runtime", "podman", "--engine-config", "/x"],
+     "--engine-config is for containerd"),
     (["install", "--runtime", "docker", "--drop-in"], "--drop-in is for containerd"),
     (["install", "--runtime", "lxc"], "Invalid value for '--runtime'"),
     (["install"], "Missing option '--runtime'"),
-], ids=["podman takes no --config", "docker takes no --drop-in", "unknown engine",
+], ids=["podman takes no --engine-config", "docker takes no --drop-in", "unknown engine",
         "--runtime is required"])
 def test_usage_errors_exit_2(args: list[str], message: str) -> None:
     code, out = gpuhook(*args)
@@ -199,12 +204,12 @@ def test_docker_uninstall_after_an_edit_drops_only_a_runtimes_object_install_mad
         tmp_path: Path, original: dict[str, object], kept: bool) -> None:
     path = tmp_path / "daemon.json"
     path.write_text(json.dumps(original))
-    gpuhook("install", "--runtime", "docker", "--config", str(path), "--runtime-binary",
+    gpuhook("install", "--runtime", "docker", "--engine-config", str(path), "--runtime-binary",
             RUNTIME)
     data = json.loads(path.read_text())
     data["log-level"] = "warn"
     path.write_text(json.dumps(data, indent=4) + "\n")
-    assert gpuhook("uninstall", "--runtime", "docker", "--config", str(path))[0] == 0
+    assert gpuhook("uninstall", "--runtime", "docker", "--engine-config", str(path))[0] == 0
     assert json.loads(path.read_text()) == {**original, "log-level": "warn"}
     assert ("runtimes" in json.loads(path.read_text())) is kept
 
@@ -214,7 +219,7 @@ def test_podman_uninstall_puts_back_a_packaged_hook_file_that_install_changed(
     hook, info = _packaged(tmp_path)
     packaged = hook.read_bytes()
     assert gpuhook("install", "--runtime", "podman", "--hooks-dir", str(hook.parent),
-                   "--hook-binary", HOOK, "--hook-config", "/etc/gpuhook/node.toml")[0] == 0
+                   "--hook-binary", HOOK, "--config", "/etc/gpuhook/node.toml")[0] == 0
     assert hook.read_bytes() != packaged
     code, out = gpuhook("uninstall", "--runtime", "podman", "--hooks-dir", str(hook.parent),
                         "--dpkg-info-dir", str(info))

@@ -132,6 +132,7 @@ def test_nvml_inventory_is_not_a_path(tmp_path: Path) -> None:
     assert load_config(str(cfg), {}).inventory == "nvml"
 
 
-def test_unknown_key_lists_known_keys() -> None:
-    with pytest.raises(InputError, match=r"unknown key 'host_root'; known keys: .*host-root"):
+def test_unknown_key_suggests_the_closest_and_lists_known_keys() -> None:
+    with pytest.raises(InputError, match=r"unknown key 'host_root' \(did you mean "
+                                         r"'host-root'\?\); known keys: .*inventory"):
         parse_config(b'host_root = "/"\n', "c.toml")

@@ -454,4 +454,4 @@ def test_cli_refresh_then_show_reports_fresh_then_stale(node: Node) -> None:
     _touch_mig_minors(node)
     stale = runner.invoke(cli, ["inventory", "show", "--config", config])
     assert stale.exit_code == 1
-    assert "mig-minors mtime changed" in stale.output
+    assert "mig-minors mtime changed (was '" in stale.output and "', now '" in stale.output

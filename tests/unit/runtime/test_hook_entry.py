@@ -65,7 +65,7 @@ def test_unknown_id_fails_with_one_line_and_logs(tmp_path: Path) -> None:
     r, log = run_hook(tmp_path, spec(ids=["GPU-missing"]))
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1
-    assert "ctr-1" in r.stderr and "GPU-missing not found; available: GPU-" in r.stderr
+    assert "ctr-1" in r.stderr and "GPU-missing not found; available: MIG-" in r.stderr
     record = json.loads(log.read_text())
     assert (record["decision"], record["id"]) == ("refused", "ctr-1")
     assert "GPU-missing" in record["error"]

@@ -74,6 +74,8 @@ class Plan:
     notes: tuple[str, ...]
     mig_monitor: bool
     mig_config: bool
+    imex_channels: tuple[int, ...] = ()  # IMEX channels whose nodes the plan holds
+    gated_families: tuple[str, ...] = ()  # gds / mofed / gdrcopy / nvswitch, as granted
 
     @property
     def empty(self) -> bool:

@@ -24,6 +24,8 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "driver_capabilities": list(plan.driver_capabilities),
         "mig_monitor": plan.mig_monitor,
         "mig_config": plan.mig_config,
+        "imex_channels": list(plan.imex_channels),
+        "gated_families": list(plan.gated_families),
     }
 
 
@@ -53,6 +55,10 @@ def render_text(plan: Plan) -> str:
                        f"nodes {', '.join(d.capability_nodes)}")
     out.append(f"mig monitor: {'granted' if plan.mig_monitor else 'not granted'}; "
                f"mig config: {'granted' if plan.mig_config else 'not granted'}")
+    if plan.imex_channels:
+        out.append("imex channels: " + ", ".join(str(c) for c in plan.imex_channels))
+    if plan.gated_families:
+        out.append("gated families: " + ", ".join(plan.gated_families))
     for n in plan.device_nodes:
         out.append(f"node: {n.path} {n.type} {n.major}:{n.minor} mode {n.file_mode:04o}")
     for r in plan.cgroup_rules:

@@ -49,8 +49,9 @@ def loads(data: bytes) -> object:
 
 def might_request(spec: object) -> bool:
     """False only when no config could make this spec request anything: no /dev/null mount
-    (a device-plugin id or MIG capability) and no NVIDIA_* or CUDA_VERSION env entry.
-    Anything unexpected answers True, so the full, validating path decides."""
+    (a device-plugin id or MIG capability), no NVIDIA_* or CUDA_VERSION env entry and no
+    cdi.k8s.io/ annotation (the device plugin's CDI requests). Anything unexpected answers
+    True, so the full, validating path decides."""
     if not isinstance(spec, dict):
         return True
     mounts = spec.get("mounts") or []
@@ -66,4 +67,7 @@ def might_request(spec: object) -> bool:
     for item in env:
         if not isinstance(item, str) or item.startswith(("NVIDIA_", "CUDA_VERSION=")):
             return True
-    return False
+    annotations = spec.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        return True
+    return any(not isinstance(k, str) or k.startswith("cdi.k8s.io/") for k in annotations)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from gpuhook.config import Config
+from gpuhook.decide.cdi_request import cdi_requests
+from gpuhook.decide.extras import ExtraFacts, extend_plan, extras_wanted
 from gpuhook.decide.facts import Capability, HostInfo
 from gpuhook.decide.plan import Plan, build_plan, needed_capabilities, needs_host
 from gpuhook.decide.policy import decide
@@ -25,6 +27,23 @@ from gpuhook.host.proc import (
 
 
 def plan_for_spec(spec: SpecView, config: Config) -> Plan:
+    # CDI names become plain ids here; IMEX channels and gated families join the GPU plan after.
+    spec, asked = cdi_requests(spec, config.volume_mount_root)
+    plan = gpu_plan(spec, config)
+    if not (asked.anything or asked.ignored or asked.notes):
+        return plan
+    wanted = extras_wanted(plan, asked, config)
+    facts = ExtraFacts()
+    if wanted.host_facts_needed:
+        from gpuhook.host.devnodes import read_extra_facts
+
+        facts = read_extra_facts(HostPaths(config.host_root), bool(wanted.channels),
+                                 wanted.families)
+    return extend_plan(plan, asked, wanted, facts)
+
+
+def gpu_plan(spec: SpecView, config: Config) -> Plan:
+    """The GPU part: request, policy, resolve, plan (CDI names already turned into ids)."""
     decision = decide(extract_request(spec, config.volume_mount_root), config)
     devices: tuple[Resolved, ...] = ()
     notes: list[str] = []

@@ -16,7 +16,8 @@ from tests.unit.specs import MIG8, MIG8_HOST, spec
 
 GPUHOOK = [sys.executable, "-m", "gpuhook"]
 CONTRACT_KEYS = {"privileged", "source", "device_ids", "ignored", "devices", "device_nodes",
-                 "cgroup_rules", "driver_capabilities", "mig_monitor", "mig_config"}
+                 "cgroup_rules", "driver_capabilities", "mig_monitor", "mig_config",
+                 "imex_channels", "gated_families"}
 
 
 def dry_run(bundle: Path, *args: str, env: dict[str, str] | None = None

@@ -7,6 +7,7 @@ import json
 import click
 
 from gpuhook.cli.common import CONFIG_HELP, report
+from gpuhook.config import Config
 from gpuhook.errors import GpuhookError
 
 
@@ -53,6 +54,21 @@ def refresh(config_path: str | None, dry_run: bool) -> None:
     migs = sum(len(g.get("mig_devices", [])) for g in inv["gpus"])
     click.echo(f"wrote {config.inventory_cache}: {len(inv['gpus'])} GPUs, {migs} MIG devices, "
                f"driver {inv['driver_version']}, source {snap['key']['source']['backend']}")
+    _refresh_cdi_specs(config)
+
+
+def _refresh_cdi_specs(config: Config) -> None:
+    """Rewrite the CDI specs `gpuhook cdi generate --output` wrote before: a spec that names
+    the old devices is what makes runtimes fail after a driver or MIG change."""
+    from gpuhook.runtime.cdi_spec import regenerate_recorded
+
+    try:
+        for line in regenerate_recorded(config):
+            click.echo(f"cdi: {line}")
+    except GpuhookError as e:
+        report(e)
+    except OSError as e:
+        report(GpuhookError(f"cannot write CDI spec {e.filename}: {e.strerror}"))
 
 
 @inventory.command("show")

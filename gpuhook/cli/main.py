@@ -96,12 +96,14 @@ def hook_prestart(config_path: str | None) -> None:
 
 def _register() -> None:
     # Command groups that live in their own modules (one job each).
+    from gpuhook.cli.cdi import cdi
     from gpuhook.cli.install import install, uninstall
     from gpuhook.cli.inventory import inventory
 
     cli.add_command(install)
     cli.add_command(uninstall)
     cli.add_command(inventory)
+    cli.add_command(cdi)
 
 
 _register()

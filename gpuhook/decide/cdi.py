@@ -18,18 +18,24 @@ pkg/parser/parser.go for names):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from gpuhook.decide.plan import DeviceNode, Plan
+from gpuhook.config import Config
+from gpuhook.decide.cdi_names import GPU_CLASS, GPU_KIND, IMEX_CLASS, IMEX_KIND
+from gpuhook.decide.cdi_request import cdi_requests
+from gpuhook.decide.extras import ExtraFacts, extend_plan, extras_wanted
+from gpuhook.decide.facts import HostInfo, Majors
+from gpuhook.decide.plan import DeviceNode, Plan, build_plan, mig_capability_names, needs_host
+from gpuhook.decide.policy import decide
+from gpuhook.decide.request import CAP_SYS_ADMIN, ENV_DRIVER_CAPS, ENV_VISIBLE, extract_request
+from gpuhook.decide.resolve import Resolved, resolve
+from gpuhook.decide.spec import Mount, SpecView
+from gpuhook.inventory.model import Inventory
+from gpuhook.limits import DEV_NULL
 
-VENDOR = "nvidia.com"
-GPU_CLASS = "gpu"
-IMEX_CLASS = "imex-channel"
-GPU_KIND = f"{VENDOR}/{GPU_CLASS}"
-IMEX_KIND = f"{VENDOR}/{IMEX_CLASS}"
 CLASSES = (GPU_CLASS, IMEX_CLASS)
+KINDS = {GPU_CLASS: GPU_KIND, IMEX_CLASS: IMEX_KIND}
 DEFAULT_VERSION = "0.5.0"
 # Every cdiVersion the CDI package has released, oldest first.
 KNOWN_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.7.0", "0.8.0",
@@ -38,29 +44,8 @@ VOID_ENV = "NVIDIA_VISIBLE_DEVICES=void"
 
 JsonObj = dict[str, Any]
 
-_VENDOR_OR_CLASS = re.compile(r"^[A-Za-z]([A-Za-z0-9_.\-]*[A-Za-z0-9])?$")
-_DEVICE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.:\-]*[A-Za-z0-9])?$")
-
-
 class CdiVersionError(ValueError):
     pass
-
-
-def qualified_name(kind: str, name: str) -> str:
-    return f"{kind}={name}"
-
-
-def parse_qualified_name(text: str) -> tuple[str, str, str] | None:
-    """`<vendor>/<class>=<name>` -> (vendor, class, name), or None when it is not a valid fully
-    qualified CDI device name (the CDI package's parser.ParseQualifiedName rules)."""
-    kind, sep, name = text.partition("=")
-    vendor, slash, cls = kind.partition("/")
-    if not sep or not slash or not vendor or not cls or not name:
-        return None
-    if not (_VENDOR_OR_CLASS.match(vendor) and _VENDOR_OR_CLASS.match(cls)
-            and _DEVICE_NAME.match(name)):
-        return None
-    return vendor, cls, name
 
 
 def version_key(version: str) -> tuple[int, ...]:
@@ -136,29 +121,91 @@ def plan_edits(plan: Plan, skip: Iterable[str] = ()) -> JsonObj:
 
 
 def build_spec(kind: str, devices: Sequence[tuple[Sequence[str], Plan]], common: Plan | None,
-               version: str | None = None, common_extra: Mapping[str, Any] | None = None
-               ) -> JsonObj:
-    """The spec for `kind`: one device per name, each pair's names sharing its Plan's edits;
-    `common` (a Plan holding only what every device needs, e.g. the control nodes) becomes the
-    common edits, with NVIDIA_VISIBLE_DEVICES=void so that no other injector acts again."""
+               version: str | None = None, void_env: bool = True,
+               common_extra: Mapping[str, Any] | None = None) -> JsonObj:
+    """The spec for `kind`: one device per name (a pair's names share its Plan's edits); what
+    `common` holds (the control nodes every device needs) goes to the common edits, with
+    NVIDIA_VISIBLE_DEVICES=void (`void_env`) so that no other injector acts on the container
+    again. `version`: --cdi-version, checked against the fields used."""
     common_paths = {n.path for n in common.device_nodes} if common is not None else set()
     out_devices: list[JsonObj] = []
     seen: set[str] = set()
     for names, plan in devices:
-        edits = plan_edits(plan, common_paths)
         for name in names:
             if name in seen:
                 raise ValueError(f"CDI device name {name!r} twice in {kind}")
             seen.add(name)
-            out_devices.append({"name": name, "containerEdits": edits})
-    common_edits: JsonObj = {"env": [VOID_ENV]}
-    if common is not None:
-        nodes = plan_nodes(common)
-        if nodes:
-            common_edits["deviceNodes"] = nodes
-    for key, value in (common_extra or {}).items():
-        common_edits[key] = value
-    spec: JsonObj = {"cdiVersion": DEFAULT_VERSION, "kind": kind, "devices": out_devices,
-                     "containerEdits": common_edits}
+            # A fresh dict per name: a YAML dump would otherwise write anchors and aliases.
+            out_devices.append({"name": name, "containerEdits": plan_edits(plan, common_paths)})
+    common_edits: JsonObj = {"env": [VOID_ENV]} if void_env else {}
+    nodes = plan_nodes(common) if common is not None else []
+    if nodes:
+        common_edits["deviceNodes"] = nodes
+    common_edits.update(common_extra or {})
+    spec: JsonObj = {"cdiVersion": DEFAULT_VERSION, "kind": kind, "devices": out_devices}
+    if common_edits:
+        spec["containerEdits"] = common_edits
     spec["cdiVersion"] = choose_version(spec, version)
     return spec
+
+
+# --- Plans per CDI device: the same stages a container start runs --------------------------------
+
+def _view(env: Mapping[str, str], mounts: tuple[Mount, ...] = ()) -> SpecView:
+    """A privileged container asking through env (and mounts): the request CDI stands for."""
+    return SpecView(oci_version="1.0.2", env=dict(env), mounts=mounts,
+                    capabilities=frozenset({CAP_SYS_ADMIN}), root_path=None,
+                    has_capabilities=True)
+
+
+def plan_for_view(view: SpecView, config: Config, inv: Inventory, host: HostInfo) -> Plan:
+    """request -> policy -> resolve -> plan, with the inventory and host facts given."""
+    decision = decide(extract_request(view, config.volume_mount_root), config)
+    devices = resolve(decision.device_ids, inv, config.allow_full_gpu_on_mig_enabled)
+    return build_plan(decision, devices, host if needs_host(decision, devices) else None)
+
+
+def capability_names(inv: Inventory) -> list[str]:
+    """Every MIG device's GI and CI access capability (mig-minors keys)."""
+    return [n for g in inv.gpus for m in g.mig_devices
+            for n in mig_capability_names(Resolved(g, m))]
+
+
+def gpu_device_plans(inv: Inventory, host: HostInfo, config: Config,
+                     caps: Sequence[str]) -> tuple[list[tuple[list[str], Plan]], Plan]:
+    """(names, Plan) per GPU and per MIG device -- index name and UUID -- plus `all`, and the
+    Plan of what all of them share (the control nodes). A whole GPU in MIG mode is a device
+    only when allow-full-gpu-on-mig-enabled is true, as for a container start."""
+    cap_env = ",".join(caps)
+
+    def plan(device_id: str) -> Plan:
+        env = {ENV_VISIBLE: device_id, ENV_DRIVER_CAPS: cap_env}
+        return plan_for_view(_view(env), config, inv, host)
+
+    out: list[tuple[list[str], Plan]] = []
+    for gpu in inv.gpus:
+        if not gpu.mig_enabled or config.allow_full_gpu_on_mig_enabled:
+            out.append(([str(gpu.index), gpu.uuid], plan(str(gpu.index))))
+        for mig in gpu.mig_devices:
+            index = f"{gpu.index}:{mig.index}"
+            out.append(([index, mig.uuid], plan(index)))
+    out.append((["all"], plan("all")))
+    return out, plan("none")
+
+
+def imex_device_plans(config: Config, facts: ExtraFacts) -> list[tuple[list[str], Plan]]:
+    """(names, Plan) per IMEX channel the host has, as the device plugin's imex/<N> mount asks
+    for it, plus `all`."""
+    root = config.volume_mount_root.rstrip("/")
+    empty = Inventory(driver_version="", cuda_version="", gpus=())
+
+    def plan(channel: str) -> Plan:
+        view, asked = cdi_requests(_view({}, (Mount(f"{root}/imex/{channel}", DEV_NULL,
+                                                     "bind"),)), root)
+        base = plan_for_view(view, config, empty, HostInfo(Majors(0, 0, None)))
+        return extend_plan(base, asked, extras_wanted(base, asked, config), facts)
+
+    out = [([str(c)], plan(str(c))) for c in sorted(facts.imex_channels)]
+    if out:
+        out.append((["all"], plan("all")))
+    return out

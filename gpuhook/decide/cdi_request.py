@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from gpuhook.decide.cdi import GPU_CLASS, IMEX_CLASS, VENDOR, parse_qualified_name
+from gpuhook.decide.cdi_names import GPU_CLASS, IMEX_CLASS, VENDOR, parse_qualified_name
 from gpuhook.decide.request import ENV_VISIBLE, MAX_IDS, Ignored
 from gpuhook.decide.spec import Mount, SpecView
 from gpuhook.errors import InputError

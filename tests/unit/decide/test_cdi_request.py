@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gpuhook.decide.cdi import parse_qualified_name
+from gpuhook.decide.cdi_names import parse_qualified_name
 from gpuhook.decide.cdi_request import ALL_CHANNELS, cdi_requests
 from gpuhook.decide.extras import ExtraFacts, HostNode, extend_plan, extras_wanted
 from gpuhook.decide.plan import Plan

@@ -95,6 +95,8 @@ def install(runtime: str, config: str | None, name: str, drop_in: bool,
         _check(opts)
         changes, restart = inst.plan_install(opts)
         _finish(changes, restart, dry_run, "installed")
+        if runtime == "containerd":
+            _warn_cdi_annotations(changes, name)
     except (inst.InstallError, OSError) as e:
         raise click.ClickException(str(e)) from None
 
@@ -141,6 +143,17 @@ def _check(opts: Any) -> None:
                                "file of its own (see --drop-in-dir / --hooks-dir)")
     if opts.drop_in and opts.runtime != "containerd":
         raise click.UsageError("--drop-in is for containerd (CRI-O always gets a drop-in)")
+
+
+def _warn_cdi_annotations(changes: list[Any], name: str) -> None:
+    """Loudly, on stderr: a pod_annotations allow-list that passes cdi.k8s.io/ lets pod authors
+    forge the device plugin's CDI requests."""
+    from gpuhook.engines.containerd import cdi_annotation_warnings
+
+    for change in changes:
+        text = (change.new or b"").decode("utf-8", "replace")
+        for warning in cdi_annotation_warnings(text, name):
+            click.echo(f"gpuhook: WARNING: {change.path}: {warning}", err=True)
 
 
 def _finish(changes: list[Any], restart: str, dry_run: bool, verb: str) -> None:

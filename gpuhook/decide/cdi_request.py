@@ -26,8 +26,11 @@ How each is asked, transcribed from the programs that write them:
 
 `nvidia.com/gpu` names are gpuhook's own ids (the generated spec names each device by its index
 and UUID, plus `all`), so they become plain id requests and take the same path as every other
-GPU request. Other vendors' names, and NVIDIA classes gpuhook does not generate, are left to the
-runtime and noted.
+GPU request. The device plugin names the same devices under its own vendor,
+`k8s.device-plugin.nvidia.com/gpu=<uuid or index>` (v0.20 cmd/nvidia-device-plugin/
+plugin-manager.go `cdi.WithVendor`, device names by its deviceIDStrategy, internal/cdi/cdi.go
+QualifiedName), and `.../imex-channel=<N>`: those are served alike. Other vendors' names, and
+NVIDIA classes gpuhook does not generate, are left to the runtime and noted.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from gpuhook.errors import InputError
 from gpuhook.limits import DEV_NULL
 
 CDI_ANNOTATION_PREFIX = "cdi.k8s.io/"
+DEVICE_PLUGIN_VENDOR = "k8s.device-plugin.nvidia.com"
+SERVED_VENDORS = (VENDOR, DEVICE_PLUGIN_VENDOR)
 ENV_IMEX = "NVIDIA_IMEX_CHANNELS"
 MAX_CDI_ANNOTATIONS = 256
 MAX_ANNOTATION_VALUE = 64 << 10
@@ -144,10 +149,10 @@ def _serve(name: str, where: str, source: str, ignored: list[Ignored], notes: li
     parsed = parse_qualified_name(name)
     assert parsed is not None
     vendor, cls, dev = parsed
-    if vendor == VENDOR and cls == GPU_CLASS:
+    if vendor in SERVED_VENDORS and cls == GPU_CLASS:
         notes.append(f"CDI {name} ({where}) served by gpuhook as id {dev}")
         return dev
-    if vendor == VENDOR and cls == IMEX_CLASS:
+    if vendor in SERVED_VENDORS and cls == IMEX_CLASS:
         imex.append(_channel(dev, where, allow_all=True))
         notes.append(f"CDI {name} ({where}) served by gpuhook as IMEX channel {dev}")
         return None
@@ -184,7 +189,7 @@ def _env_ids(raw: str, ignored: list[Ignored], notes: list[str]) -> str:
             raise InputError(f"{ENV_VISIBLE}: {item[:80]!r} is neither a device id nor a CDI "
                              "device name")
         vendor, cls, dev = parsed
-        if vendor == VENDOR and cls == GPU_CLASS:
+        if vendor in SERVED_VENDORS and cls == GPU_CLASS:
             notes.append(f"CDI {item} ({ENV_VISIBLE}) read as id {dev}")
             out.append(dev)
         else:

@@ -4,6 +4,7 @@ the host network namespace and one container in it, the way the kubelet would.""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -92,22 +93,26 @@ class CriClient:
         name: str,
         image: str,
         command: list[str],
-        env: dict[str, str],
-        mounts: list[tuple[str, str]],
+        env: Mapping[str, str] | Sequence[tuple[str, str]],
+        mounts: Sequence[tuple[str, str] | tuple[str, str, bool]],
         log_path: str,
         privileged: bool = False,
+        annotations: Mapping[str, str] | None = None,
     ) -> str:
-        """`mounts` are (host_path, container_path) pairs, read-only, as a device plugin's."""
+        """`mounts` are (host_path, container_path[, readonly]) (read-only unless said); `env` a
+        mapping or, as the kubelet may send it, pairs with a key given twice."""
         pb = self.pb
+        pairs = env.items() if isinstance(env, Mapping) else env
         config = pb.ContainerConfig(
             metadata=pb.ContainerMetadata(name=name),
             image=pb.ImageSpec(image=image),
             command=command,
-            envs=[pb.KeyValue(key=k, value=v) for k, v in env.items()],
+            envs=[pb.KeyValue(key=k, value=v) for k, v in pairs],
             mounts=[
-                pb.Mount(host_path=host, container_path=ctr, readonly=True)
-                for host, ctr in mounts
+                pb.Mount(host_path=m[0], container_path=m[1], readonly=m[2] if len(m) > 2 else True)
+                for m in mounts
             ],
+            annotations=dict(annotations or {}),
             log_path=log_path,
             linux=pb.LinuxContainerConfig(
                 security_context=pb.LinuxContainerSecurityContext(

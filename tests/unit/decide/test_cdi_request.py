@@ -16,6 +16,7 @@ from gpuhook.decide.plan import Plan
 from gpuhook.decide.spec import parse_spec
 from gpuhook.errors import HostError, InputError
 from gpuhook.runtime.pipeline import gpu_plan
+from tests.conftest import REPO
 from tests.unit.specs import ROOT, config, gpu_nodes, plan, spec
 
 UUID2 = "GPU-89442077-c0ba-5761-a2d3-9180a419ec66"
@@ -245,3 +246,25 @@ def test_a_listed_family_the_host_lacks_adds_nothing_and_says_so() -> None:
     p = extended(spec(env=["NVIDIA_MOFED=enabled"], ids=["2"]), gated_device_families=("mofed",))
     assert not [n for n in p.device_nodes if "infiniband" in n.path]
     assert any("nothing added" in n for n in p.notes)
+
+
+# --- the device plugin's cdi-annotations strategy, as recorded (tests/data/deviceplugin) ---------
+
+def _fixture_annotations(name: str) -> dict[str, str]:
+    doc = json.loads((REPO / "tests" / "data" / "deviceplugin" / f"{name}.json").read_text())
+    annotations: dict[str, str] = doc["container_allocate_response"]["annotations"]
+    return annotations
+
+
+def test_the_device_plugins_cdi_annotation_grants_its_gpu() -> None:
+    p = plan(with_annotations(spec(), _fixture_annotations("cdi-annotations-uuid-1gpu")))
+    assert p.device_ids == (UUID2,)
+    assert gpu_nodes(p) == ["/dev/nvidia2"]
+    assert p.source == "volume-mounts"
+    assert any("k8s.device-plugin.nvidia.com/gpu=" in n for n in p.notes)
+
+
+def test_the_device_plugins_cdi_annotation_with_imex_grants_gpu_and_channel() -> None:
+    p = extended(with_annotations(spec(), _fixture_annotations("cdi-annotations-imex-uuid-1gpu")))
+    assert gpu_nodes(p) == ["/dev/nvidia2"]
+    assert p.imex_channels == (0,)

@@ -29,6 +29,8 @@ class Config(NamedTuple):
     allow_full_gpu_on_mig_enabled: bool = False
     inventory_cache: str = "/run/gpuhook/inventory.json"
     gated_device_families: tuple[str, ...] = ()
+    driver_files: bool = True
+    ldconfig: str = "/sbin/ldconfig"
     source: str = "built-in defaults"  # where this config came from, for messages
 
     def with_overrides(self, **changes: Any) -> Config:

@@ -48,7 +48,8 @@ def _decide_and_apply(config: Config, state_raw: bytes, spec_raw: bytes | None,
     from gpuhook.enforce import apply_plan
 
     try:
-        record["applied"] = apply_plan(plan, state.pid, rootfs)
+        record["applied"] = apply_plan(plan, state.pid, rootfs, host_root=config.host_root,
+                                       ldconfig=config.ldconfig)
     except ApplyError:
         record["decision"] = "apply-failed"
         raise

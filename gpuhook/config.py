@@ -28,6 +28,7 @@ class Config(NamedTuple):
     allow_mig_monitor_unprivileged: bool = False
     allow_full_gpu_on_mig_enabled: bool = False
     inventory_cache: str = "/run/gpuhook/inventory.json"
+    driver_files: bool = True
     ldconfig: str = "/sbin/ldconfig"
     source: str = "built-in defaults"  # where this config came from, for messages
 

@@ -5,8 +5,9 @@ The hook, the runtime shim and dry-run all consume this Plan; none re-derives it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from gpuhook.decide.driver import select as select_driver
 from gpuhook.decide.facts import HostInfo
 from gpuhook.decide.policy import Decision
 from gpuhook.decide.request import Ignored
@@ -200,7 +201,28 @@ def build_plan(decision: Decision, devices: tuple[Resolved, ...], host: HostInfo
         env = (("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),)
         notes.append("env CUDA_DEVICE_ORDER=PCI_BUS_ID: set by gpuhook-runtime (spec mode); "
                      "a prestart hook cannot change env")
-    return _plan(decision, tuple(planned), tuple(nodes), tuple(rules), env, notes)
+    plan = _plan(decision, tuple(planned), tuple(nodes), tuple(rules), env, notes)
+    if host.driver is None or not decision.driver_capabilities:
+        return plan
+    return _with_driver(plan, decision.driver_capabilities, devices, host)
+
+
+def _with_driver(plan: Plan, caps: tuple[str, ...], devices: tuple[Resolved, ...],
+                 host: HostInfo) -> Plan:
+    """The plan plus the driver files, symlinks, ld cache and /proc view its capabilities ask
+    for. Raises MissingDriver (a HostError) when a GPU needs libcuda and the driver has none."""
+    assert host.driver is not None
+    sel = select_driver(caps, host.driver, host.sockets, gpus_granted=bool(devices))
+    libs = tuple(DriverFile(kind, lib.host_path, lib.name) for kind, lib in sel.libraries)
+    files = tuple(dict.fromkeys(libs + tuple(sel.files)))
+    return replace(
+        plan,
+        driver_files=files,
+        symlinks=tuple(dict.fromkeys(Symlink(*link) for link in sel.links)),
+        update_ldcache=bool(libs),
+        proc_driver_gpus=tuple(dict.fromkeys(d.gpu.pci_bus_id for d in devices)),
+        notes=plan.notes + tuple(sel.notes),
+    )
 
 
 def _plan(decision: Decision, devices: tuple[PlannedDevice, ...],

@@ -7,6 +7,7 @@ asks for nothing costs no NVML and no YAML.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from gpuhook.config import Config
 from gpuhook.decide.facts import Capability, HostInfo
@@ -22,6 +23,7 @@ from gpuhook.host.proc import (
     read_majors,
     read_mig_minors,
 )
+from gpuhook.inventory.model import Inventory
 
 
 def plan_for_spec(spec: SpecView, config: Config) -> Plan:
@@ -29,12 +31,18 @@ def plan_for_spec(spec: SpecView, config: Config) -> Plan:
     devices: tuple[Resolved, ...] = ()
     notes: list[str] = []
     minors: Mapping[str, int] | None = None
-    if decision.device_ids:
+    inv: Inventory | None = None
+    # Driver files need the driver version, so `none` (control nodes and the driver, no GPU)
+    # reads the inventory too.
+    wants_driver = bool(decision.driver_capabilities) and config.driver_files
+    if decision.device_ids or wants_driver:
         from gpuhook.inventory.load import load_for_plan
 
         # The snapshot if fresh (with its parsed mig-minors), else the backend; noted either way.
         inv, origin, minors = load_for_plan(config)
         notes.append(origin)
+    if decision.device_ids:
+        assert inv is not None
         notes.extend(check_requirements(decision.requirements, inv))
         devices = resolve(decision.device_ids, inv, config.allow_full_gpu_on_mig_enabled)
     if not needs_host(decision, devices):
@@ -49,4 +57,11 @@ def plan_for_spec(spec: SpecView, config: Config) -> Plan:
                             f"for {', '.join(names)}; is the driver MIG-capable?")
         caps = read_capabilities(host, names,
                                  read_mig_minors(host) if minors is None else minors)
-    return build_plan(decision, devices, HostInfo(majors, caps), tuple(notes))
+    info = HostInfo(majors, caps)
+    if wants_driver:
+        assert inv is not None
+        from gpuhook.host.driver import discover_driver, discover_sockets
+
+        info = replace(info, driver=discover_driver(host, inv.driver_version),
+                       sockets=discover_sockets(host))
+    return build_plan(decision, devices, info, tuple(notes))

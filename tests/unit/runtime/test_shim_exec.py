@@ -57,7 +57,8 @@ class World:
 
     def write_config(self, **keys: Any) -> None:
         base = {"inventory": specs.MIG8, "host-root": specs.MIG8_HOST,
-                "log-file": str(self.log), "runtimes": [str(self.runtime)]}
+                "log-file": str(self.log), "runtimes": [str(self.runtime)],
+                "driver-files": False}
         base.update(keys)
         self.config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in base.items()))
 

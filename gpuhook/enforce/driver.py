@@ -75,7 +75,7 @@ class DriverReport:
 
     def lines(self) -> list[str]:
         """For the decision log."""
-        out = [f"driver file {p}: mounted read-only" for p in self.mounts]
+        out = [f"driver file {p}: mounted" for p in self.mounts]
         out += [f"driver link {p}: created" + ("" if old is None else " (replaced a link)")
                 for p, old in self.links]
         out += [f"driver {p}: written" for p, _ in self.written]

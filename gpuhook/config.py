@@ -29,6 +29,7 @@ class Config(NamedTuple):
     allow_full_gpu_on_mig_enabled: bool = False
     inventory_cache: str = "/run/gpuhook/inventory.json"
     gated_device_families: tuple[str, ...] = ()
+    cdi_driver_capabilities: tuple[str, ...] = ("compute", "utility")
     driver_files: bool = True
     ldconfig: str = "/sbin/ldconfig"
     source: str = "built-in defaults"  # where this config came from, for messages
@@ -43,7 +44,9 @@ _CHOICES = {
 }
 _MAY_BE_EMPTY = ("gated_device_families",)
 # The gated device families (NVIDIA_GDS, _MOFED, _GDRCOPY, _NVSWITCH=enabled).
-_LIST_CHOICES = {"gated_device_families": ("gds", "mofed", "gdrcopy", "nvswitch")}
+_LIST_CHOICES = {"gated_device_families": ("gds", "mofed", "gdrcopy", "nvswitch"),
+                 "cdi_driver_capabilities": ("compat32", "compute", "display", "graphics", "ngx",
+                                             "utility", "video")}
 _PATH_KEYS = ("inventory", "host_root", "log_file", "inventory_cache")
 _KEYS = {name.replace("_", "-"): name for name in Config._fields if name != "source"}
 

@@ -18,6 +18,7 @@ pkg/parser/parser.go for names):
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -26,7 +27,14 @@ from gpuhook.decide.cdi_names import GPU_CLASS, GPU_KIND, IMEX_CLASS, IMEX_KIND
 from gpuhook.decide.cdi_request import cdi_requests
 from gpuhook.decide.extras import ExtraFacts, extend_plan, extras_wanted
 from gpuhook.decide.facts import HostInfo, Majors
-from gpuhook.decide.plan import DeviceNode, Plan, build_plan, mig_capability_names, needs_host
+from gpuhook.decide.plan import (
+    DeviceNode,
+    Plan,
+    build_plan,
+    mig_capability_names,
+    mount_options,
+    needs_host,
+)
 from gpuhook.decide.policy import decide
 from gpuhook.decide.request import CAP_SYS_ADMIN, ENV_DRIVER_CAPS, ENV_VISIBLE, extract_request
 from gpuhook.decide.resolve import Resolved, resolve
@@ -41,6 +49,9 @@ DEFAULT_VERSION = "0.5.0"
 KNOWN_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.7.0", "0.8.0",
                   "1.0.0", "1.1.0")
 VOID_ENV = "NVIDIA_VISIBLE_DEVICES=void"
+# Where libraries go when the host's own dir is unknown (no library of that kind).
+DEFAULT_LIB64 = "/usr/lib/x86_64-linux-gnu"
+DEFAULT_LIB32 = "/usr/lib/i386-linux-gnu"
 
 JsonObj = dict[str, Any]
 
@@ -209,3 +220,28 @@ def imex_device_plans(config: Config, facts: ExtraFacts) -> list[tuple[list[str]
     if out:
         out.append((["all"], plan("all")))
     return out
+
+
+def driver_mounts(plan: Plan, host_root: str) -> tuple[list[JsonObj], tuple[str, str]]:
+    """CDI mounts for the plan's driver files, and the (64-bit, 32-bit) library dirs they use.
+
+    A spec is written before any rootfs exists, so the library dir cannot be the rootfs's (as
+    in spec mode): libraries go to the dir they have on the host (relative to host-root), and
+    the createContainer hook is told that dir for the links and the ld cache."""
+    root = host_root.rstrip("/")
+
+    def on_host(path: str) -> str:
+        return path[len(root):] if root and path.startswith(root + "/") else path
+
+    dirs: dict[str, str] = {}
+    for f in plan.driver_files:
+        if f.kind in ("library", "library32"):
+            dirs.setdefault(f.kind, posixpath.dirname(on_host(f.host_path)))
+    lib = (dirs.get("library", DEFAULT_LIB64), dirs.get("library32", DEFAULT_LIB32))
+    mounts: list[JsonObj] = []
+    for f in plan.driver_files:
+        dest = (f"{lib[1] if f.kind == 'library32' else lib[0]}/{f.container_path}"
+                if f.kind in ("library", "library32") else f.container_path)
+        mounts.append({"hostPath": f.host_path, "containerPath": dest,
+                       "options": list(mount_options(f.kind)), "type": "bind"})
+    return mounts, lib

@@ -222,7 +222,8 @@ def undo_driver(report: DriverReport, pid: int, rootfs: str,
 
 
 def apply_in_current_ns(work: DriverWork, rootfs: str, *, host_root: str = "/",
-                        ldconfig_path: str = ldconfig.DEFAULT_LDCONFIG) -> list[str]:
+                        ldconfig_path: str = ldconfig.DEFAULT_LDCONFIG,
+                        libdirs: Callable[[int], LibDir] = library_dir) -> list[str]:
     """Spec mode (createContainer hook, already in the container's mount namespace before
     pivot_root, rootfs at its bundle path): links, ld cache, /proc view, in a forked child
     with only DRIVER_CAPS. Returns the log lines; raises ApplyError after undoing."""
@@ -231,7 +232,7 @@ def apply_in_current_ns(work: DriverWork, rootfs: str, *, host_root: str = "/",
     prep = prepare(work, host_root=host_root, ldconfig_path=ldconfig_path)
     try:
         data = ns.run_forked(lambda: _with_root(lambda: _open_plain(rootfs), lambda fd: apply_in_ns(
-            prep, fd, rootfs, library_dir).as_json()), caps=DRIVER_CAPS)
+            prep, fd, rootfs, libdirs).as_json()), caps=DRIVER_CAPS)
     finally:
         prep.close()
     return DriverReport.from_json(data).lines()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gpuhook.decide.plan import DriverFile
@@ -146,6 +147,23 @@ def _check_walkable(rootfs_fd: int, path: str) -> None:
             fd = nfd
     finally:
         os.close(fd)
+
+
+def fixed_library_dir(lib64: str, lib32: str) -> Callable[[int], LibDir]:
+    """A chooser that always answers the given dirs (a CDI spec fixed them when it was
+    generated, before any rootfs existed), still refusing a rootfs in which they cross anything
+    but real directories."""
+    for path in (lib64, lib32):
+        parts = path.split("/")
+        if not path.startswith("/") or any(p in ("", ".", "..") for p in parts[1:]):
+            raise ApplyError(f"library dir {path[:200]!r} is not a plain absolute path")
+
+    def choose(rootfs_fd: int) -> LibDir:
+        for path in dict.fromkeys((lib64, lib32)):
+            _check_walkable(rootfs_fd, path)
+        return LibDir(lib64, lib32)
+
+    return choose
 
 
 def destination(file: DriverFile, libdir: LibDir) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gpuhook.atomic import write_atomic
@@ -23,13 +23,14 @@ from gpuhook.decide.cdi import (
     JsonObj,
     build_spec,
     capability_names,
+    driver_mounts,
     gpu_device_plans,
     imex_device_plans,
 )
 from gpuhook.decide.cdi_names import GPU_CLASS, IMEX_CLASS
 from gpuhook.decide.extras import ExtraFacts
 from gpuhook.decide.facts import Capability, HostInfo
-from gpuhook.decide.request import DEFAULT_DRIVER_CAPS
+from gpuhook.decide.plan import Plan
 from gpuhook.errors import GpuhookError, HostError, InputError
 
 # Where podman 4.x, containerd >= 1.7 and CRI-O look for specs (CDI's default spec dirs).
@@ -85,8 +86,44 @@ def _gpu_spec(config: Config, host: Any, version: str | None) -> JsonObj:
             raise HostError(f"{host.path('proc/devices')} lists no nvidia-caps major, needed "
                             "for the MIG devices' capabilities")
         caps = read_capabilities(host, names, read_mig_minors(host))
-    plans, common = gpu_device_plans(inv, HostInfo(majors, caps), config, DEFAULT_DRIVER_CAPS)
-    return build_spec(KINDS[GPU_CLASS], plans, common, version)
+    info = HostInfo(majors, caps)
+    if config.driver_files:
+        from gpuhook.host.driver import discover_driver
+
+        # Sockets come and go with their daemons: a spec written once does not name them.
+        info = replace(info, driver=discover_driver(host, inv.driver_version))
+    plans, common = gpu_device_plans(inv, info, config, config.cdi_driver_capabilities)
+    return build_spec(KINDS[GPU_CLASS], plans, common, version,
+                      common_extra=_driver_edits(common, config))
+
+
+def _driver_edits(common: Plan, config: Config) -> JsonObj:
+    """The driver files as read-only bind mounts and the createContainer hook (links, ld
+    cache), with an explicit env: without one a runtime gives a hook the container's."""
+    if not (common.driver_files or common.symlinks or common.update_ldcache):
+        return {}
+    from gpuhook.runtime.create_container import hook_args
+    from gpuhook.runtime.shim import gpuhook_executable
+    from gpuhook.runtime.spec_edit import HOOK_ENV
+
+    mounts, libdirs = driver_mounts(common, config.host_root)
+    # No /proc/driver/nvidia view: its GPU list is per container, the hook here is per spec.
+    plan = replace(common, proc_driver_gpus=())
+    hook = {"hookName": "createContainer", "path": gpuhook_executable(),
+            "args": list(hook_args(plan, _named_config(config), libdirs)),
+            "env": list(HOOK_ENV)}
+    return {"mounts": mounts, "hooks": [hook]}
+
+
+def _named_config(config: Config) -> str | None:
+    """The config file the hook must be told about (it runs with a minimal env, so one found
+    through $GPUHOOK_CONFIG would be lost); None for the system one or the built-in defaults."""
+    from gpuhook.config import SYSTEM_CONFIG
+
+    source = config.source
+    if os.path.isfile(source) and os.path.abspath(source) != SYSTEM_CONFIG:
+        return os.path.abspath(source)
+    return None
 
 
 def render(spec: Mapping[str, Any], fmt: str) -> bytes:

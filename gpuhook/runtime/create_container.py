@@ -33,21 +33,43 @@ USAGE = ("usage: gpuhook hook create-container [--config FILE] --driver JSON  (O
          "stdin; written by gpuhook-runtime into config.json as a createContainer hook)")
 
 
-def driver_arg(plan: Plan) -> str:
-    """The `--driver` value for `plan` (the shim writes it; compact, stable key order)."""
+def driver_arg(plan: Plan, library_dir: tuple[str, str] | None = None) -> str:
+    """The `--driver` value for `plan` (the shim writes it; compact, stable key order).
+    `library_dir` (64-bit, 32-bit): fixed dirs instead of the rootfs's, for a CDI spec, whose
+    mounts are written before any rootfs exists."""
     kinds = sorted({f.kind for f in plan.driver_files if f.kind in ("library", "library32")})
-    data = {"symlinks": [[s.kind, s.path, s.target] for s in plan.symlinks],
-            "library_kinds": kinds, "update_ldcache": bool(plan.update_ldcache),
-            "proc_driver_gpus": list(plan.proc_driver_gpus)}
+    data: dict[str, Any] = {"symlinks": [[s.kind, s.path, s.target] for s in plan.symlinks],
+                            "library_kinds": kinds, "update_ldcache": bool(plan.update_ldcache),
+                            "proc_driver_gpus": list(plan.proc_driver_gpus)}
+    if library_dir is not None:
+        data["library_dir"] = list(library_dir)
     return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
 
-def hook_args(plan: Plan, config_path: str | None) -> tuple[str, ...]:
+def hook_args(plan: Plan, config_path: str | None,
+              library_dir: tuple[str, str] | None = None) -> tuple[str, ...]:
     """argv of the createContainer hook entry for `plan` (argv[0] included)."""
     args: tuple[str, ...] = ("gpuhook", "hook", "create-container")
     if config_path:
         args += ("--config", config_path)
-    return (*args, "--driver", driver_arg(plan))
+    return (*args, "--driver", driver_arg(plan, library_dir))
+
+
+def parse_library_dir(text: str) -> tuple[str, str] | None:
+    """The fixed library dirs a CDI spec's hook names in `--driver`, if any (checked as paths
+    when the hook uses them)."""
+    from gpuhook.errors import InputError
+
+    try:
+        value = json.loads(text).get("library_dir")
+    except (ValueError, AttributeError):
+        return None  # parse_driver_arg names the problem
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(v, str) and 0 < len(v) < 4096 for v in value)):
+        raise InputError("--driver: library_dir must be [64-bit dir, 32-bit dir]")
+    return value[0], value[1]
 
 
 def parse_driver_arg(text: str) -> DriverWork:
@@ -109,9 +131,12 @@ def run(config_path: str | None, driver: str, state_raw: bytes) -> int:
         root = spec.root_path or "rootfs"
         rootfs = root if os.path.isabs(root) else os.path.join(state.bundle, root)
         from gpuhook.enforce.driver import apply_in_current_ns
+        from gpuhook.enforce.libdir import fixed_library_dir, library_dir
 
-        record["applied"] = apply_in_current_ns(arg, rootfs, host_root=config.host_root,
-                                                ldconfig_path=config.ldconfig)
+        fixed = parse_library_dir(driver)
+        record["applied"] = apply_in_current_ns(
+            arg, rootfs, host_root=config.host_root, ldconfig_path=config.ldconfig,
+            libdirs=library_dir if fixed is None else fixed_library_dir(*fixed))
         record["decision"] = "applied"
         return 0
     except GpuhookError as e:

@@ -1,7 +1,10 @@
 """The spec `gpuhook cdi generate` writes, consumed by real podman 4.3 (its own CDI support, no
 gpuhook hook involved): `podman run --device nvidia.com/gpu=<name>` by index name, UUID name and
 `all` gives exactly that device's nodes, which open with ENXIO (the device cgroup allows them, no
-driver), and every other probed NVIDIA number gives EPERM.
+driver), and every other probed NVIDIA number gives EPERM. With the fake driver
+(tests/fakedriver) the spec's common edits mount the driver files and run gpuhook's
+createContainer hook (links, the container's ld cache): `nvidia-smi -L` inside lists exactly the
+granted GPUs.
 
 podman reads specs only from /etc/cdi and /var/run/cdi, so the spec goes to /var/run/cdi under a
 name unique to this run and is removed afterwards. podman drops a whole spec file it cannot
@@ -26,7 +29,10 @@ import pytest
 from tests.e2e import device_probe
 from tests.e2e.containerd_harness import MINIMAL_PATH, remove_cgroups, unmount_under
 from tests.e2e.device_probe import CONTROL, MIG_1_0, NUMBERS, Expect
+from tests.e2e.driver_env import file_hash, tree_hash
 from tests.e2e.oci_image import find_busybox, write_rootfs
+from tests.e2e.runc_harness import copy_rootfs
+from tests.fakedriver import build as fakedriver
 
 pytestmark: list[pytest.MarkDecorator] = [pytest.mark.e2e]
 
@@ -84,13 +90,14 @@ class Podman:
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
 
-    def run_device(self, device: str, script: str) -> subprocess.CompletedProcess[str]:
+    def run_device(self, device: str, script: str,
+                   rootfs: Path | None = None) -> subprocess.CompletedProcess[str]:
         name = f"gpuhook-e2e-cdi-{os.getpid()}-{next(_ids)}"
         return self.podman(
             "run", "--rm", "--name", name, "--network", "none",
             "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768",
             "--cgroup-parent", f"/{CGROUP_PARENT}", "--cap-add", "MKNOD",
-            "--device", device, "--rootfs", str(self.rootfs), "sh", "-c", script,
+            "--device", device, "--rootfs", str(rootfs or self.rootfs), "sh", "-c", script,
         )  # fmt: skip
 
     def write_spec(self, *extra: str) -> None:
@@ -180,3 +187,54 @@ def test_podman_4_drops_a_spec_with_a_newer_cdi_version(engine: Podman) -> None:
         engine.write_spec()
     res = engine.run_device("nvidia.com/gpu=2", "echo started")
     assert res.returncode == 0 and "started" in res.stdout, res.stderr
+
+
+# --- with the fake driver: the common edits' driver files and createContainer hook -------------
+
+DRIVER_SCRIPT = r"""
+echo "SMI-BEGIN"; nvidia-smi -L 2>&1; echo "SMI-END rc=$?"
+echo "COUNT $(cuda-count 2>&1 | tr '\n' ' ')"
+echo "CACHE $(ldconfig -p | grep -c 'libcuda.so.1 ')"
+if (exec 3>>/usr/bin/nvidia-smi) 2>/dev/null; then echo "SMI-WRITABLE"; fi
+echo "DONE"
+"""
+
+
+@pytest.mark.parametrize(
+    ("device", "gpus"),
+    [
+        pytest.param("nvidia.com/gpu=2", 1, id="one GPU: nvidia-smi lists one, dlopen counts one"),
+        pytest.param("nvidia.com/gpu=all", 8,
+                     id="all: nvidia-smi lists the eight GPU nodes all grants"),
+    ],
+)
+def test_podman_cdi_with_the_fake_driver_runs_nvidia_smi(
+        engine: Podman, driver_build: fakedriver.FakeDriverBuild, glibc_image: Path,
+        tmp_path: Path, device: str, gpus: int) -> None:
+    host = fakedriver.make_fake_host(driver_build, tmp_path / "host")
+    cfg = tmp_path / "gpuhook.toml"
+    cfg.write_text(f'inventory = "{host.inventory}"\nhost-root = "{host.root}"\n'
+                   f'log-file = "{tmp_path / "gpuhook.log"}"\n'
+                   f'inventory-cache = "{tmp_path / "run" / "inventory.json"}"\n')
+    before = tree_hash(host.root), file_hash("/etc/ld.so.cache")
+    try:
+        res = subprocess.run(
+            [str(GPUHOOK), "cdi", "generate", "--config", str(cfg), "--output", str(engine.spec)],
+            capture_output=True, text=True, check=False, timeout=60,
+            env={"PATH": MINIMAL_PATH, "GPUHOOK_CONFIG": "/nonexistent"},
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        rootfs = copy_rootfs(glibc_image, tmp_path / "rootfs")
+        res = engine.run_device(device, DRIVER_SCRIPT, rootfs=rootfs)
+    finally:
+        engine.write_spec()  # the shipped fake node's spec again, for the other tests
+    assert res.returncode == 0, f"podman run failed ({res.returncode}):\n{res.stderr[-4000:]}"
+    lines = [x.rstrip() for x in res.stdout.splitlines()]
+    assert "DONE" in lines, res.stdout + res.stderr
+    smi = lines[lines.index("SMI-BEGIN") + 1:next(i for i, x in enumerate(lines)
+                                                  if x.startswith("SMI-END"))]
+    assert len(smi) == gpus and all(x.startswith("GPU ") for x in smi), res.stdout
+    assert f"COUNT {gpus}" in lines, res.stdout
+    assert "CACHE 1" in lines, res.stdout  # libcuda.so.1 in the container's own ld cache
+    assert "SMI-WRITABLE" not in lines  # driver files are read-only
+    assert (tree_hash(host.root), file_hash("/etc/ld.so.cache")) == before

@@ -41,17 +41,18 @@ def run(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[s
                           env={"PATH": os.environ["PATH"], "GPUHOOK_CONFIG": "/nonexistent"})
 
 
-def node_config(tmp: Path, inventory: Path, host: Path) -> Path:
+def node_config(tmp: Path, inventory: Path, host: Path, driver_files: bool = False) -> Path:
+    """A config for a fake node; the shipped fake hosts have no driver user-space."""
     cfg = tmp / "gpuhook.toml"
     cfg.write_text(f'inventory = "{inventory}"\nhost-root = "{host}"\n'
-                   f'log-file = "{tmp / "log"}"\ninventory-cache = "{tmp / "run" / "inv.json"}"\n')
+                   f'log-file = "{tmp / "log"}"\ninventory-cache = "{tmp / "run" / "inv.json"}"\n'
+                   f'driver-files = {"true" if driver_files else "false"}\n')
     return cfg
 
 
-def generate(inventory: str, fmt: str = "yaml") -> str:
-    res = run("cdi", "generate", "--inventory", str(INVENTORIES / f"{inventory}.yaml"),
-              "--host-root", str(HOSTS / inventory), "--format", fmt,
-              config=REPO / "config" / "config.toml")
+def generate(tmp: Path, inventory: str, fmt: str = "yaml") -> str:
+    res = run("cdi", "generate", "--format", fmt,
+              config=node_config(tmp, INVENTORIES / f"{inventory}.yaml", HOSTS / inventory))
     assert res.returncode == 0, res.stderr
     return res.stdout
 
@@ -60,8 +61,9 @@ def generate(inventory: str, fmt: str = "yaml") -> str:
     pytest.param("8xa100-mig", "yaml", "8xa100-mig.yaml", id="the MIG node's spec as YAML"),
     pytest.param("1gpu", "json", "1gpu.json", id="the one-GPU node's spec as JSON"),
 ])
-def test_generated_spec_matches_golden(inventory: str, fmt: str, golden: str) -> None:
-    assert generate(inventory, fmt) == (GOLDEN / golden).read_text()
+def test_generated_spec_matches_golden(inventory: str, fmt: str, golden: str,
+                                       tmp_path: Path) -> None:
+    assert generate(tmp_path, inventory, fmt) == (GOLDEN / golden).read_text()
 
 
 def _schema_validator() -> Any:
@@ -162,3 +164,55 @@ def test_generate_refuses(args: list[str], needle: str, tmp_path: Path) -> None:
     res = run("cdi", "generate", *args, config=cfg)
     assert res.returncode == 2
     assert needle in res.stderr
+
+
+# --- with a driver: the common edits carry its files and the createContainer hook ---------------
+
+@pytest.fixture(scope="module")
+def driver_spec(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:
+    """(spec text, host root, config) for the fake driver on the 8-GPU fake node."""
+    from tests.fakedriver import build as fakedriver
+
+    reason = fakedriver.skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    tmp = tmp_path_factory.mktemp("cdi-driver")
+    host = fakedriver.make_fake_host(fakedriver.build_fake_driver(tmp / "build", "8xa100-mig"),
+                                     tmp / "host")
+    cfg = node_config(tmp, host.inventory, host.root, driver_files=True)
+    res = run("cdi", "generate", config=cfg)
+    assert res.returncode == 0, res.stderr
+    return res.stdout, host.root, cfg
+
+
+def _normalized(text: str, host: Path, cfg: Path) -> str:
+    return (text.replace(str(host), "/HOST").replace(str(cfg), "/CONFIG")
+            .replace(sys.executable.rsplit("/", 1)[0] + "/gpuhook", "/GPUHOOK"))
+
+
+def test_driver_spec_matches_golden(driver_spec: tuple[str, Path, Path]) -> None:
+    text, host, cfg = driver_spec
+    assert _normalized(text, host, cfg) == (GOLDEN / "fakedriver-8xa100-mig.yaml").read_text()
+
+
+def test_driver_spec_is_valid_and_podman_4_readable(driver_spec: tuple[str, Path, Path]) -> None:
+    spec = yaml.safe_load(driver_spec[0])
+    assert [e.message for e in _schema_validator().iter_errors(spec)] == []
+    assert _unknown_fields(spec) == []
+    assert spec["cdiVersion"] == "0.5.0"
+
+
+def test_driver_files_are_read_only_mounts_and_the_hook_has_its_own_env(
+        driver_spec: tuple[str, Path, Path]) -> None:
+    edits = yaml.safe_load(driver_spec[0])["containerEdits"]
+    targets = {m["containerPath"] for m in edits["mounts"]}
+    assert {"/usr/bin/nvidia-smi", "/usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15"} <= targets
+    assert all({"ro", "nosuid", "nodev"} <= set(m["options"]) for m in edits["mounts"])
+    [hook] = edits["hooks"]
+    assert hook["hookName"] == "createContainer"
+    assert hook["args"][:3] == ["gpuhook", "hook", "create-container"]
+    assert hook["env"] == ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
+    driver = json.loads(hook["args"][hook["args"].index("--driver") + 1])
+    assert driver["library_dir"] == ["/usr/lib/x86_64-linux-gnu", "/usr/lib/i386-linux-gnu"]
+    assert driver["proc_driver_gpus"] == []  # per container, not per spec
+    assert ["library", "libcuda.so.1", "libcuda.so.550.54.15"] in driver["symlinks"]

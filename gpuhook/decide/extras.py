@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from gpuhook.config import Config
 from gpuhook.decide.cdi_request import ALL_CHANNELS, ENV_IMEX, GATED_ENV, Asked
-from gpuhook.decide.plan import CgroupRule, DeviceNode, Plan
+from gpuhook.decide.plan import CgroupRule, DeviceNode, DriverFile, Plan
 from gpuhook.decide.request import Ignored
 from gpuhook.errors import HostError
 
@@ -38,11 +38,17 @@ class HostNode:
     file_mode: int
 
 
+# Files a family brings when its nodes exist (gds.go: /etc/cufile.json, and /run/udev, a directory,
+# which gpuhook does not mount: driver files are regular files).
+GATED_FILES = {"gds": ("/etc/cufile.json",)}
+
+
 @dataclass(frozen=True)
 class ExtraFacts:
     imex_major: int | None = None
     imex_channels: Mapping[int, HostNode] = field(default_factory=dict)  # channel -> node
     gated: Mapping[str, tuple[HostNode, ...]] = field(default_factory=dict)
+    gated_files: Mapping[str, tuple[DriverFile, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -140,14 +146,21 @@ def extend_plan(plan: Plan, asked: Asked, wanted: Wanted, facts: ExtraFacts) -> 
             add(node)
             granted.append(ch)
         notes.append("IMEX channels granted: " + (_channel_list(tuple(granted)) or "none exist"))
+    files = list(plan.driver_files)
     for family in wanted.families:
         found = facts.gated.get(family, ())
         for node in found:
             add(node)
+        # As upstream: the family's files only with its nodes (gds.go Mounts).
+        extra = [f for f in facts.gated_files.get(family, ()) if found and f not in files]
+        files.extend(extra)
+        if extra:
+            notes.append(f"{family} files: " + ", ".join(f.container_path for f in extra))
         notes.append(f"{GATED_ENV[family]}=enabled: " + (
             "granted " + ", ".join(n.path for n in found) if found else
             f"no {' or '.join(GATED_NODES[family])} on the host, nothing added"))
     return replace(plan, device_nodes=tuple(nodes), cgroup_rules=tuple(rules),
+                   driver_files=tuple(files),
                    imex_channels=tuple(granted), gated_families=wanted.families,
                    ignored=plan.ignored + asked.ignored + wanted.ignored, notes=tuple(notes))
 

@@ -9,7 +9,15 @@ import os
 import stat
 from collections.abc import Iterable
 
-from gpuhook.decide.extras import GATED_NODES, IMEX_DIR, IMEX_MAJOR_NAME, ExtraFacts, HostNode
+from gpuhook.decide.extras import (
+    GATED_FILES,
+    GATED_NODES,
+    IMEX_DIR,
+    IMEX_MAJOR_NAME,
+    ExtraFacts,
+    HostNode,
+)
+from gpuhook.decide.plan import DriverFile
 from gpuhook.errors import HostError
 from gpuhook.host.proc import PROC_DEVICES, HostPaths, parse_proc_devices
 
@@ -78,6 +86,27 @@ def read_gated(host: HostPaths, families: Iterable[str]) -> dict[str, tuple[Host
     return out
 
 
+def read_gated_files(host: HostPaths, families: Iterable[str]
+                     ) -> dict[str, tuple[DriverFile, ...]]:
+    """A family's files that exist on the host as regular files (lstat: never a link)."""
+    out: dict[str, tuple[DriverFile, ...]] = {}
+    for family in families:
+        found: list[DriverFile] = []
+        for path in GATED_FILES.get(family, ()):
+            try:
+                st = os.lstat(host.path(path))
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise HostError(f"cannot stat {host.path(path)}: {e.strerror}") from None
+            if stat.S_ISREG(st.st_mode):
+                found.append(DriverFile("config", host.path(path), path))
+        out[family] = tuple(found)
+    return out
+
+
 def read_extra_facts(host: HostPaths, imex: bool, families: Iterable[str]) -> ExtraFacts:
     major, channels = read_imex(host) if imex else (None, {})
-    return ExtraFacts(imex_major=major, imex_channels=channels, gated=read_gated(host, families))
+    families = tuple(families)
+    return ExtraFacts(imex_major=major, imex_channels=channels, gated=read_gated(host, families),
+                      gated_files=read_gated_files(host, families))

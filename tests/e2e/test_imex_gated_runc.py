@@ -21,6 +21,7 @@ pytestmark = pytest.mark.e2e
 
 IMEX, NVFS, GDRDRV = 234, 235, 236  # unregistered on the test machines: no driver, ENXIO
 IMEX_DIR = "/dev/nvidia-caps-imex-channels"
+CUFILE = '{"logging": {"level": "ERROR"}}\n'
 
 
 def _node(root: Path, rel: str, major: int, minor: int) -> None:
@@ -43,6 +44,8 @@ def host(tmp_path: Path) -> Path:
         _node(root, f"{IMEX_DIR}/channel{ch}", IMEX, ch)
     _node(root, "/dev/nvidia-fs0", NVFS, 0)
     _node(root, "/dev/gdrdrv", GDRDRV, 0)
+    (root / "etc").mkdir(exist_ok=True)
+    (root / "etc" / "cufile.json").write_text(CUFILE)
     return root
 
 
@@ -87,12 +90,15 @@ def test_gds_for_a_device_plugin_gpu_grants_its_nodes_and_not_an_unlisted_family
     result, log = _run(tmp_path, runc_rootfs, cgroup_mode, host, rh.BundleOptions(
         request_ids=("3",), env=("NVIDIA_GDS=enabled", "NVIDIA_GDRCOPY=enabled"),
         devices=(rh.SpecDevice("/dev/gdrdrv", GDRDRV, 0),),
-        args=rh.probe_args(["/dev/nvidia3", "/dev/nvidia-fs0", "/dev/gdrdrv"])),
-        extra={"gated-device-families": ["gds"]})
+        args=rh.probe_args(["/dev/nvidia3", "/dev/nvidia-fs0", "/dev/gdrdrv",
+                            "/etc/cufile.json"])),
+        extra={"gated-device-families": ["gds"], "driver-files": False})
     assert result.ok, result.stderr
     assert result.probe_done, result.stdout
     assert _verdict(result, "/dev/nvidia3") == (True, "ENXIO", "ENXIO")
     assert _verdict(result, "/dev/nvidia-fs0") == (True, "ENXIO", "ENXIO")
+    # GDS's config file, as the toolkit mounts it with the nodes: there, and read-only.
+    assert _verdict(result, "/etc/cufile.json") == (True, "OK", "EROFS")
     assert _verdict(result, "/dev/gdrdrv") == (True, "EPERM", "EPERM")
     [entry] = [e for e in rh.read_log(log) if e.get("id") == result.container_id]
     assert entry["gated_families"] == ["gds"]

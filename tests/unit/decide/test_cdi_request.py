@@ -12,7 +12,7 @@ import pytest
 from gpuhook.decide.cdi_names import parse_qualified_name
 from gpuhook.decide.cdi_request import ALL_CHANNELS, cdi_requests
 from gpuhook.decide.extras import ExtraFacts, HostNode, extend_plan, extras_wanted
-from gpuhook.decide.plan import Plan
+from gpuhook.decide.plan import DriverFile, Plan
 from gpuhook.decide.spec import parse_spec
 from gpuhook.errors import HostError, InputError
 from gpuhook.runtime.pipeline import gpu_plan
@@ -146,6 +146,7 @@ FACTS = ExtraFacts(
                    HostNode("/dev/nvidia-fs1", 241, 1, 0o666)),
            "gdrcopy": (HostNode("/dev/gdrdrv", 242, 0, 0o666),),
            "mofed": ()},
+    gated_files={"gds": (DriverFile("config", "/host/etc/cufile.json", "/etc/cufile.json"),)},
 )
 
 
@@ -268,3 +269,12 @@ def test_the_device_plugins_cdi_annotation_with_imex_grants_gpu_and_channel() ->
     p = extended(with_annotations(spec(), _fixture_annotations("cdi-annotations-imex-uuid-1gpu")))
     assert gpu_nodes(p) == ["/dev/nvidia2"]
     assert p.imex_channels == (0,)
+
+
+def test_gds_brings_cufile_json_with_its_nodes_only() -> None:
+    granted = extended(spec(env=GDS, ids=["2"]), gated_device_families=("gds",))
+    assert [(f.kind, f.container_path) for f in granted.driver_files
+            if f.container_path == "/etc/cufile.json"] == [("config", "/etc/cufile.json")]
+    no_nodes = ExtraFacts(gated={"gds": ()}, gated_files=FACTS.gated_files)
+    p = extended(spec(env=GDS, ids=["2"]), no_nodes, gated_device_families=("gds",))
+    assert not [f for f in p.driver_files if f.container_path == "/etc/cufile.json"]

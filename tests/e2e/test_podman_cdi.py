@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import HOSTS, INVENTORIES
 from tests.e2e import device_probe
 from tests.e2e.containerd_harness import MINIMAL_PATH, remove_cgroups, unmount_under
 from tests.e2e.device_probe import CONTROL, MIG_1_0, NUMBERS, Expect
@@ -238,3 +239,44 @@ def test_podman_cdi_with_the_fake_driver_runs_nvidia_smi(
     assert "CACHE 1" in lines, res.stdout  # libcuda.so.1 in the container's own ld cache
     assert "SMI-WRITABLE" not in lines  # driver files are read-only
     assert (tree_hash(host.root), file_hash("/etc/ld.so.cache")) == before
+
+
+def test_podman_cdi_imex_channel_gives_that_channel_only(engine: Podman, tmp_path: Path) -> None:
+    """`gpuhook cdi generate --class imex-channel` on a host with channels 0 and 1 (fake nodes,
+    major 234: no driver here), then `--device nvidia.com/imex-channel=1`."""
+    import shutil
+    import stat
+
+    host = tmp_path / "host"
+    shutil.copytree(HOSTS / "8xa100-mig", host)
+    devices = host / "proc" / "devices"
+    devices.write_text(devices.read_text().replace(
+        "Character devices:\n", "Character devices:\n234 nvidia-caps-imex-channels\n"))
+    chans = host / "dev" / "nvidia-caps-imex-channels"
+    chans.mkdir(parents=True)
+    for c in (0, 1):
+        os.mknod(chans / f"channel{c}", stat.S_IFCHR | 0o666, os.makedev(234, c))
+    cfg = tmp_path / "gpuhook.toml"
+    cfg.write_text(f'inventory = "{INVENTORIES / "8xa100-mig.yaml"}"\n'
+                   f'host-root = "{host}"\nlog-file = "{tmp_path / "log"}"\n'
+                   f'inventory-cache = "{tmp_path / "run" / "inventory.json"}"\n')
+    spec = CDI_DIR / f"gpuhook-e2e-imex-{os.getpid()}.yaml"
+    try:
+        res = subprocess.run(
+            [str(GPUHOOK), "cdi", "generate", "--class", "imex-channel", "--config", str(cfg),
+             "--output", str(spec)],
+            capture_output=True, text=True, check=False, timeout=60,
+            env={"PATH": MINIMAL_PATH, "GPUHOOK_CONFIG": "/nonexistent"},
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        channel = "/dev/nvidia-caps-imex-channels/channel1"
+        script = device_probe.script(nodes=(channel, "/dev/nvidia-caps-imex-channels/channel0"),
+                                     numbers=((234, 0), (234, 1), (195, 2)))
+        res = engine.run_device("nvidia.com/imex-channel=1", script)
+    finally:
+        spec.unlink(missing_ok=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = device_probe.parse(res.stdout)
+    assert got.nodes[channel] == device_probe.ENXIO
+    assert got.nodes["/dev/nvidia-caps-imex-channels/channel0"] == device_probe.ABSENT
+    assert got.numbers == {(234, 0): "EPERM", (234, 1): "ENXIO", (195, 2): "EPERM"}

@@ -216,3 +216,41 @@ def test_driver_files_are_read_only_mounts_and_the_hook_has_its_own_env(
     assert driver["library_dir"] == ["/usr/lib/x86_64-linux-gnu", "/usr/lib/i386-linux-gnu"]
     assert driver["proc_driver_gpus"] == []  # per container, not per spec
     assert ["library", "libcuda.so.1", "libcuda.so.550.54.15"] in driver["symlinks"]
+
+
+def test_imex_channel_spec_names_each_host_channel(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mknod of the fake IMEX channels needs root")
+    import shutil
+    import stat
+
+    host = tmp_path / "host"
+    shutil.copytree(HOSTS / "1gpu", host)
+    devices = host / "proc" / "devices"
+    devices.write_text(devices.read_text().replace(
+        "Character devices:\n", "Character devices:\n234 nvidia-caps-imex-channels\n"))
+    chans = host / "dev" / "nvidia-caps-imex-channels"
+    chans.mkdir(parents=True)
+    for c in (0, 3):
+        os.mknod(chans / f"channel{c}", stat.S_IFCHR | 0o666, os.makedev(234, c))
+    cfg = node_config(tmp_path, INVENTORIES / "1gpu.yaml", host)
+    res = run("cdi", "generate", "--class", "imex-channel", "--format", "json", config=cfg)
+    assert res.returncode == 0, res.stderr
+    spec = json.loads(res.stdout)
+    assert spec["kind"] == "nvidia.com/imex-channel" and spec["cdiVersion"] == "0.5.0"
+    nodes = {d["name"]: [(n["path"], n["major"], n["minor"])
+                         for n in d["containerEdits"]["deviceNodes"]] for d in spec["devices"]}
+    assert nodes == {
+        "0": [("/dev/nvidia-caps-imex-channels/channel0", 234, 0)],
+        "3": [("/dev/nvidia-caps-imex-channels/channel3", 234, 3)],
+        "all": [("/dev/nvidia-caps-imex-channels/channel0", 234, 0),
+                ("/dev/nvidia-caps-imex-channels/channel3", 234, 3)]}
+    assert "containerEdits" not in spec  # no void: asking for a channel asks for no GPU
+    assert [e.message for e in _schema_validator().iter_errors(spec)] == []
+
+
+def test_imex_channel_spec_without_channels_is_an_error(tmp_path: Path) -> None:
+    cfg = node_config(tmp_path, INVENTORIES / "1gpu.yaml", HOSTS / "1gpu")
+    res = run("cdi", "generate", "--class", "imex-channel", config=cfg)
+    assert res.returncode == 1
+    assert "no IMEX channel nodes" in res.stderr

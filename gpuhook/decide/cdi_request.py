@@ -94,23 +94,24 @@ def cdi_requests(spec: SpecView, root: str) -> tuple[SpecView, Asked]:
         rel = m.destination[len(prefix):]
         head, _, rest = rel.partition("/")
         if head == "cdi":
-            name = _mount_cdi_name(rest, m.destination)
-            gpu_id = _serve(name, f"volume mount {m.destination!r}", SOURCE_MOUNTS, ignored,
-                            notes, imex_mounts)
+            name = _mount_cdi_name(rest, f"volume mount {m.destination[:200]!r}")
+            gpu_id = _serve(name, f"volume mount {m.destination[:200]!r}", SOURCE_MOUNTS,
+                            ignored, notes, imex_mounts)
             if gpu_id is not None:
                 extra_ids.append(gpu_id)
         elif head == "imex":
-            imex_mounts.append(_channel(rest, f"volume mount {m.destination!r}", allow_all=True))
+            imex_mounts.append(_channel(rest, f"volume mount {m.destination[:200]!r}",
+                                        allow_all=True))
         else:
             mounts.append(m)
     for key, value in _cdi_annotations(spec.annotations):
         for name in value.split(","):
             parsed = parse_qualified_name(name)
             if parsed is None:
-                raise InputError(f"annotation {key!r}: {name[:80]!r} is not a CDI device name "
-                                 "(<vendor>/<class>=<device>)")
-            gpu_id = _serve(name, f"annotation {key!r}", SOURCE_ANNOTATION, ignored, notes,
-                            imex_mounts)
+                raise InputError(f"annotation {key[:120]!r}: {name[:80]!r} is not a CDI device "
+                                 "name (<vendor>/<class>=<device>)")
+            gpu_id = _serve(name, f"annotation {key[:120]!r}", SOURCE_ANNOTATION, ignored,
+                            notes, imex_mounts)
             if gpu_id is not None:
                 extra_ids.append(gpu_id)
     env = dict(spec.env)
@@ -186,8 +187,10 @@ def _env_ids(raw: str, ignored: list[Ignored], notes: list[str]) -> str:
             continue
         parsed = parse_qualified_name(item)
         if parsed is None:
-            raise InputError(f"{ENV_VISIBLE}: {item[:80]!r} is neither a device id nor a CDI "
-                             "device name")
+            # Env is anyone's to write: a malformed name is dropped and noted, never fatal.
+            ignored.append(Ignored(SOURCE_ENV, item[:80], "not a CDI device name "
+                                   "(<vendor>/<class>=<device>)"))
+            continue
         vendor, cls, dev = parsed
         if vendor in SERVED_VENDORS and cls == GPU_CLASS:
             notes.append(f"CDI {item} ({ENV_VISIBLE}) read as id {dev}")
@@ -208,13 +211,23 @@ def _channel(text: str, where: str, allow_all: bool) -> int:
 
 
 def _env_channels(raw: str | None, ignored: list[Ignored]) -> tuple[int, ...]:
+    """NVIDIA_IMEX_CHANNELS as channels; `all` and anything malformed are ignored and noted
+    (env is anyone's to write: it never stops a container)."""
     if raw is None:
         return ()
-    items = [p.strip() for p in raw.split(",") if p.strip()]
+    items = [p.strip() for p in raw.split(",") if p.strip() not in ("", "none", "void")]
     if items == ["all"]:
         ignored.append(Ignored(SOURCE_ENV, f"{ENV_IMEX}=all",
                                "all IMEX channels are never granted through env"))
         return ()
     if len(items) > MAX_IDS:
-        raise InputError(f"{ENV_IMEX}: {len(items)} channels, more than {MAX_IDS}")
-    return tuple(dict.fromkeys(_channel(i, ENV_IMEX, allow_all=False) for i in items))
+        ignored.append(Ignored(SOURCE_ENV, ENV_IMEX, f"{len(items)} channels, more than "
+                                                    f"{MAX_IDS}"))
+        return ()
+    out: list[int] = []
+    for item in items:
+        try:
+            out.append(_channel(item, ENV_IMEX, allow_all=False))
+        except InputError as e:
+            ignored.append(Ignored(SOURCE_ENV, f"{ENV_IMEX}={item[:80]}", str(e)))
+    return tuple(dict.fromkeys(out))

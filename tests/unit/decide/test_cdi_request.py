@@ -278,3 +278,26 @@ def test_gds_brings_cufile_json_with_its_nodes_only() -> None:
     no_nodes = ExtraFacts(gated={"gds": ()}, gated_files=FACTS.gated_files)
     p = extended(spec(env=GDS, ids=["2"]), no_nodes, gated_device_families=("gds",))
     assert not [f for f in p.driver_files if f.container_path == "/etc/cufile.json"]
+
+
+@pytest.mark.parametrize(
+    ("s", "value"),
+    [
+        pytest.param(spec(env=["NVIDIA_IMEX_CHANNELS=foo"]), "NVIDIA_IMEX_CHANNELS=foo",
+                     id="a malformed NVIDIA_IMEX_CHANNELS is ignored, not fatal"),
+        pytest.param(spec(env=["NVIDIA_IMEX_CHANNELS=99999999999"], privileged=True),
+                     "NVIDIA_IMEX_CHANNELS=99999999999",
+                     id="an out-of-range env channel is ignored even when privileged"),
+        pytest.param(spec(env=["NVIDIA_VISIBLE_DEVICES=a=b"], privileged=True), "a=b",
+                     id="a malformed CDI name in NVIDIA_VISIBLE_DEVICES is ignored, not fatal"),
+    ],
+)
+def test_env_never_stops_a_container(s: dict[str, Any], value: str) -> None:
+    p = extended(s)
+    assert p.device_ids == () and not channels(p)
+    assert value in [i.value for i in p.ignored]
+
+
+def test_imex_env_none_asks_nothing() -> None:
+    p = extended(spec(env=["NVIDIA_IMEX_CHANNELS=none"], privileged=True))
+    assert not channels(p) and not p.ignored

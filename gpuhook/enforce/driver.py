@@ -75,7 +75,7 @@ class DriverReport:
 
     def lines(self) -> list[str]:
         """For the decision log."""
-        out = [f"driver file {p}: mounted read-only" for p in self.mounts]
+        out = [f"driver file {p}: mounted" for p in self.mounts]
         out += [f"driver link {p}: created" + ("" if old is None else " (replaced a link)")
                 for p, old in self.links]
         out += [f"driver {p}: written" for p, _ in self.written]
@@ -265,9 +265,11 @@ def apply_in_ns(prep: Prepared, root_fd: int, rootfs: str,
     try:
         dirs = libdirs(root_fd) if prep.libdir_kinds or prep.mounts else LibDir("", "")
         for kind, path, host, fd in prep.mounts:
-            _mount_one(root_fd, rootfs, _container_path(kind, path, dirs), host, fd, report)
+            _mount_one(root_fd, rootfs, _container_path(kind, path, dirs, root_fd), host, fd,
+                       report)
         for kind, path, target in prep.symlinks:
-            _link_one(root_fd, rootfs, _container_path(kind, path, dirs), target, report)
+            _link_one(root_fd, rootfs, _container_path(kind, path, dirs, root_fd), target,
+                      report)
         conf_dirs = [dirs.for_kind(k) for k in prep.libdir_kinds]
         if dirs.musl_path_file is not None and conf_dirs:
             _update_musl_path(root_fd, rootfs, dirs.musl_path_file, conf_dirs, report)
@@ -287,11 +289,32 @@ def apply_in_ns(prep: Prepared, root_fd: int, rootfs: str,
     return report
 
 
-def _container_path(kind: str, path: str, dirs: LibDir) -> str:
+def _container_path(kind: str, path: str, dirs: LibDir, root_fd: int) -> str:
     if kind in LIBRARY_KINDS:
         if "/" in path or path in ("", ".", ".."):
             raise ApplyError(f"library name {path!r} is not a plain file name")
         return f"{dirs.for_kind(kind)}/{path}"
+    return merged_usr(root_fd, path)
+
+
+MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+
+
+def merged_usr(root_fd: int, path: str) -> str:
+    """`/lib/firmware/...` -> `/usr/lib/firmware/...` when the rootfs's `/lib` is the
+    merged-/usr link (its text exactly `usr/lib` or `/usr/lib`, as Debian >= 12, Ubuntu, Fedora
+    ship it). The link is recognised by its text, never followed: the rewritten path is then
+    walked with O_NOFOLLOW like any other. Any other link stays a refusal."""
+    parts = split_container_path(path)
+    top = parts[0]
+    if top not in MERGED_USR or len(parts) < 2:
+        return path
+    try:
+        text = os.readlink(top, dir_fd=root_fd)
+    except OSError:
+        return path  # a real directory, or absent: walk it as it is
+    if text in (f"usr/{top}", f"/usr/{top}"):
+        return "/usr/" + "/".join(parts)
     return path
 
 

@@ -315,3 +315,46 @@ def test_an_attack_rootfs_never_makes_gpuhook_write_outside_it(
         cache = _cache_names(rootfs)
         assert f"libcuda.so.1 (libc6,x86-64) => /{LIBDIR}/libcuda.so.1" in cache
         assert str(victim) not in cache
+
+
+MERGED = [
+    ("lib", "usr/lib", "/lib/firmware/nvidia/x/gsp.bin", "/usr/lib/firmware/nvidia/x/gsp.bin"),
+    ("lib", "/usr/lib", "/lib/firmware/a.bin", "/usr/lib/firmware/a.bin"),
+    ("bin", "usr/bin", "/bin/nvidia-smi", "/usr/bin/nvidia-smi"),
+    ("lib", "/tmp/host-lib", "/lib/firmware/a.bin", "/lib/firmware/a.bin"),
+    ("lib", "usr/lib64", "/lib/firmware/a.bin", "/lib/firmware/a.bin"),
+    ("etc", "usr/etc", "/etc/vulkan/icd.d/nvidia_icd.json", "/etc/vulkan/icd.d/nvidia_icd.json"),
+]
+
+
+@pytest.mark.parametrize(("top", "text", "path", "want"), MERGED, ids=[
+    "a merged-/usr lib link sends firmware to /usr/lib",
+    "the absolute form of the merged-/usr link is recognised too",
+    "a merged-/usr bin link sends binaries to /usr/bin",
+    "a lib link anywhere else is left for the walk to refuse",
+    "a lib link to another /usr dir is not the merged-/usr layout",
+    "only the merged-/usr top-level names are rewritten",
+])
+def test_merged_usr_links_are_recognised_by_their_text_never_followed(
+        tmp_path: Path, top: str, text: str, path: str, want: str) -> None:
+    (tmp_path / top).symlink_to(text)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert driver.merged_usr(fd, path) == want
+    finally:
+        os.close(fd)
+
+
+def test_a_failing_cgroup_step_undoes_the_driver_files_and_the_nodes(
+        container: tuple[int, Path], host: Path, tmp_path: Path) -> None:
+    from gpuhook.enforce import apply_to
+    from gpuhook.enforce.cgroup import DeviceCgroup
+
+    pid, rootfs = container
+    (rootfs / "dev").mkdir()
+    before = _tree_hash(rootfs)
+    with pytest.raises(ApplyError, match="no-cgroup"):
+        apply_to(_plan(host), pid, str(rootfs),  # type: ignore[arg-type]
+                 DeviceCgroup(1, str(tmp_path / "no-cgroup")))
+    assert _tree_hash(rootfs) == before
+    assert _driver_mounts(_in_ns(pid, _mountinfo), rootfs) == []

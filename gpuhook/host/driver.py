@@ -132,8 +132,12 @@ def _libraries(host: HostPaths, entries: list[LdCacheEntry], version: str) -> li
         real = host.path(rel)
         if not rel.endswith(suffix) or not _is_regular(real):
             continue
-        key = (entry.arch, real)
+        # One file per name and arch, the first the cache lists (the cache's order is the
+        # loader's preference): a second copy elsewhere would land on the same container path.
+        key = (entry.arch, rel.rsplit("/", 1)[-1])
         have = found.get(key)
+        if have is not None and have.host_path != real:
+            continue
         links = (have.links if have else ()) + (entry.key,)
         found[key] = DriverLibrary(host_path=real, arch=entry.arch, stem=stem,
                                    links=tuple(dict.fromkeys(links)))

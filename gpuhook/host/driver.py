@@ -3,8 +3,8 @@ binaries, GSP firmware, vendor config files and IPC sockets. Read here, chosen p
 decide/driver.py.
 
 What is looked for is libnvidia-container's list (src/nvc_info.c, the `*_libs` / `*_bins`
-arrays and `lookup_ipcs`/`lookup_firmwares`, v1.17) plus the toolkit's graphics config files
-(internal/discover/graphics.go, v1.17): see gpuhook/decide/driver.py for the names.
+arrays and `lookup_ipcs`/`lookup_firmwares`) plus the toolkit's graphics config files
+(internal/discover/graphics.go): see gpuhook/decide/driver.py for the names and versions.
 
 Every path is resolved under `host-root` the way `ldconfig -r` and libnvidia-container's
 `path_resolve` do: component by component, a link's absolute target taken relative to

@@ -9,7 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from gpuhook.cli.main import cli
 from gpuhook.config import Config
 from gpuhook.inventory.load import load_with_driver, read_backend
 from gpuhook.inventory.snapshot import build_snapshot, write_snapshot
@@ -64,3 +66,18 @@ def test_driver_files_off_records_no_driver_part(fake_driver_host: FakeHost,
                log_file="/dev/null", driver_files=False,
                inventory_cache=str(tmp_path / "run/gpuhook/inv.json"))
     assert "driver" not in build_snapshot(c, read_backend)
+
+
+def test_inventory_show_says_whether_the_driver_files_are_fresh(
+        config: Config, fake_driver_host: FakeHost, tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f'inventory = "{config.inventory}"\nhost-root = "{config.host_root}"\n'
+                    f'inventory-cache = "{config.inventory_cache}"\nlog-file = "/dev/null"\n')
+    fresh = CliRunner().invoke(cli, ["inventory", "show", "--config", str(path)])
+    assert fresh.exit_code == 0, fresh.output
+    assert "driver files: fresh, 8 libraries, 5 other files" in fresh.output
+    (fake_driver_host.root / "usr/bin/nvidia-smi").unlink()
+    stale = CliRunner().invoke(cli, ["inventory", "show", "--config", str(path)])
+    assert stale.exit_code == 0, stale.output
+    assert ("driver files: discovered at each start (a driver dir changed since the snapshot)"
+            in stale.output)

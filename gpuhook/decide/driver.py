@@ -107,7 +107,7 @@ def select(caps: tuple[str, ...], facts: DriverFacts, sockets: tuple[DriverFile,
                if not facts.notes else "; ".join(facts.notes))
         raise MissingDriver(
             f"driver capability {'compute' if 'compute' in caps else 'video'} needs "
-            f"libcuda.so.{facts.version}, {why}: install the NVIDIA driver's user-space "
+            f"libcuda.so.{facts.version}, but {why}; install the NVIDIA driver's user-space "
             "libraries, fix host-root, or set driver-files = false")
     for lib in libs:
         kind = "library" if lib.arch == "x86-64" else "library32"

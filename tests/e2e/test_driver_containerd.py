@@ -32,10 +32,10 @@ from tests.fakedriver import build as fakedriver
 
 pytestmark = list(containerd_marks)
 
-GPUMODES = ("hook",)  # spec mode (gpuhook-runtime) joins when the shim writes driver files
+GPUMODES = ("hook", "spec")
 IMAGE = "docker.io/library/gpuhook-glibc:e2e"
 POD_CGROUP = f"gpuhook-e2e-driver-pod-{os.getpid()}"
-SCRIPT = ("nvidia-smi -L; echo \"COUNT $(cuda-count 2>&1)\"; "
+SCRIPT = ("nvidia-smi -L 2>&1; echo \"COUNT $(cuda-count 2>&1)\"; "
           "ls /usr/lib/x86_64-linux-gnu | grep -c -E 'nvidia|cuda'; echo END-OF-RUN")
 
 

@@ -509,13 +509,19 @@ def driver(b: Bench) -> Result:
     cfg = write_config(b.path("driver.toml"), host.inventory, host.root, b.path("driver.log"),
                        None, {"runtimes": ["runc"]})
     env = {**MINIMAL_ENV, "GPUHOOK_CONFIG": str(cfg)}
+    cfg_off = write_config(b.path("driver-off.toml"), host.inventory, host.root,
+                           b.path("driver-off.log"), None,
+                           {"runtimes": ["runc"], "driver-files": False})
+    env_off = {**MINIMAL_ENV, "GPUHOOK_CONFIG": str(cfg_off)}
     rootfs = build_rootfs(b.path("rootfs-driver"))  # its own: the driver step writes into it
     for d in ("etc/ld.so.conf.d", "usr/lib/x86_64-linux-gnu"):
         (rootfs / d).mkdir(parents=True, exist_ok=True)
     plain = make_bundle(b.path("bundles/driver-plain"), rootfs, b.work, request_ids=["2"])
     hooked = make_bundle(b.path("bundles/driver-hook"), rootfs, b.work, request_ids=["2"],
                          hook=hook_argv(cfg))
-    for bundle in (plain, hooked):
+    hooked_off = make_bundle(b.path("bundles/driver-hook-off"), rootfs, b.work,
+                             request_ids=["2"], hook=hook_argv(cfg_off))
+    for bundle in (plain, hooked, hooked_off):
         spec = json.loads((bundle / "config.json").read_text())
         spec["process"]["env"].append("NVIDIA_DRIVER_CAPABILITIES=compute,utility")
         (bundle / "config.json").write_text(json.dumps(spec, indent=1))
@@ -539,6 +545,9 @@ def driver(b: Bench) -> Result:
         Series("gpuhook-runtime run (spec mode + create-container hook)",
                _run_step(b, plain, str(RUNTIME), env, restore=plain_spec)),
         Series("runc run + gpuhook prestart hook (hook mode)", _run_step(b, hooked)),
+        Series("gpuhook-runtime run, driver-files = false",
+               _run_step(b, plain, str(RUNTIME), env_off, restore=plain_spec)),
+        Series("prestart hook, driver-files = false", _run_step(b, hooked_off)),
         Series("host ldconfig alone (sealed memfd, private ns, chroot)", host_ldconfig),
         Series("ldconfig -X -r ROOTFS (plain exec, for scale)",
                timed_run([ldconfig.DEFAULT_LDCONFIG, "-X", "-r", str(copy)])),
@@ -549,6 +558,9 @@ def driver(b: Bench) -> Result:
     base = r.series[series[0].name]
     for s in series[1:3]:
         r.figures[f"{s.name}: added median ms"] = r.series[s.name]["median"] - base["median"]
+    for with_files, without in ((series[1], series[3]), (series[2], series[4])):
+        r.figures[f"{with_files.name}: driver files' own median ms"] = (
+            r.series[with_files.name]["median"] - r.series[without.name]["median"])
     r.notes.append("each start mounts libcuda, libnvidia-ml (+ stubs the capabilities select), "
                    "nvidia-smi and firmware, creates the links and runs the host's ldconfig; "
                    "the rootfs is reused, so links and the ld.so.conf.d entry exist after the "

@@ -76,7 +76,7 @@ def _refresh_cdi_specs(config: Config) -> None:
 def show(config_path: str | None) -> None:
     """Say whether the snapshot would be used now, and why not. Exit 0: fresh; 1: not used."""
     from gpuhook.config import load_config
-    from gpuhook.inventory.snapshot import StaleSnapshot, fresh_inventory
+    from gpuhook.inventory.snapshot import StaleSnapshot, fresh_snapshot_driver
 
     try:
         config = load_config(config_path)
@@ -84,10 +84,15 @@ def show(config_path: str | None) -> None:
         report(e)
         return
     try:
-        inv = fresh_inventory(config)
+        inv, _, driver, why_not = fresh_snapshot_driver(config)
     except StaleSnapshot as e:
         click.echo(f"not used: {e}")
         raise SystemExit(1) from None
     migs = sum(len(g.mig_devices) for g in inv.gpus)
     click.echo(f"fresh: {config.inventory_cache}: {len(inv.gpus)} GPUs, {migs} MIG devices, "
                f"driver {inv.driver_version}")
+    if config.driver_files:
+        # The driver files have their own key: stale ones are discovered at each start.
+        click.echo(f"driver files: fresh, {len(driver.libraries)} libraries, "
+                   f"{len(driver.files)} other files" if driver is not None
+                   else f"driver files: discovered at each start ({why_not})")

@@ -1,10 +1,12 @@
 """Which driver files a container gets for its driver capabilities. Pure.
 
-The lists are libnvidia-container's (src/nvc_info.c: utility_libs, compute_libs, video_libs,
-graphics_libs, graphics_libs_glvnd, graphics_libs_compat, ngx_libs, utility_bins, compute_bins;
-src/options.h: which capability takes which list; both at v1.17), the config files the toolkit's
-graphics discoverer mounts (internal/discover/graphics.go, v1.17), and the IPC paths of
-`lookup_ipcs` (NV_PERSISTENCED_SOCKET, NV_FABRICMANAGER_SOCKET, NV_MPS_PIPE_DIR).
+The lists are libnvidia-container's (src/nvc_info.c at commit 00b4b47: utility_libs,
+compute_libs, video_libs, graphics_libs, graphics_libs_glvnd, ngx_libs, utility_bins,
+compute_bins; graphics_libs_compat is only looked up without GLVND, so not here; src/options.h:
+which capability takes which list), the config files the toolkit's graphics discoverer mounts
+(nvidia-container-toolkit internal/discover/graphics.go at commit d34b304), and the IPC paths of
+`lookup_ipcs` (NV_PERSISTENCED_SOCKET, NV_FABRICMANAGER_SOCKET, NV_MPS_PIPE_DIR; the toolkit's
+internal/discover/ipc.go has the same three).
 
 Least privilege: a container gets what its capabilities name, nothing more. (The toolkit's
 jit-cdi mode instead mounts every `*.so.<driver version>` in the ld cache whatever the
@@ -105,7 +107,7 @@ def select(caps: tuple[str, ...], facts: DriverFacts, sockets: tuple[DriverFile,
                if not facts.notes else "; ".join(facts.notes))
         raise MissingDriver(
             f"driver capability {'compute' if 'compute' in caps else 'video'} needs "
-            f"libcuda.so.{facts.version}, {why}: install the NVIDIA driver's user-space "
+            f"libcuda.so.{facts.version}, but {why}; install the NVIDIA driver's user-space "
             "libraries, fix host-root, or set driver-files = false")
     for lib in libs:
         kind = "library" if lib.arch == "x86-64" else "library32"

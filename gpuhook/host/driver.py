@@ -3,8 +3,8 @@ binaries, GSP firmware, vendor config files and IPC sockets. Read here, chosen p
 decide/driver.py.
 
 What is looked for is libnvidia-container's list (src/nvc_info.c, the `*_libs` / `*_bins`
-arrays and `lookup_ipcs`/`lookup_firmwares`, v1.17) plus the toolkit's graphics config files
-(internal/discover/graphics.go, v1.17): see gpuhook/decide/driver.py for the names.
+arrays and `lookup_ipcs`/`lookup_firmwares`) plus the toolkit's graphics config files
+(internal/discover/graphics.go): see gpuhook/decide/driver.py for the names and versions.
 
 Every path is resolved under `host-root` the way `ldconfig -r` and libnvidia-container's
 `path_resolve` do: component by component, a link's absolute target taken relative to
@@ -132,8 +132,12 @@ def _libraries(host: HostPaths, entries: list[LdCacheEntry], version: str) -> li
         real = host.path(rel)
         if not rel.endswith(suffix) or not _is_regular(real):
             continue
-        key = (entry.arch, real)
+        # One file per name and arch, the first the cache lists (the cache's order is the
+        # loader's preference): a second copy elsewhere would land on the same container path.
+        key = (entry.arch, rel.rsplit("/", 1)[-1])
         have = found.get(key)
+        if have is not None and have.host_path != real:
+            continue
         links = (have.links if have else ()) + (entry.key,)
         found[key] = DriverLibrary(host_path=real, arch=entry.arch, stem=stem,
                                    links=tuple(dict.fromkeys(links)))

@@ -12,7 +12,7 @@ from dataclasses import replace
 from gpuhook.config import Config
 from gpuhook.decide.cdi_request import cdi_requests
 from gpuhook.decide.extras import ExtraFacts, extend_plan, extras_wanted
-from gpuhook.decide.facts import Capability, HostInfo
+from gpuhook.decide.facts import Capability, DriverFacts, HostInfo
 from gpuhook.decide.plan import Plan, build_plan, needed_capabilities, needs_host
 from gpuhook.decide.policy import decide
 from gpuhook.decide.request import extract_request
@@ -51,14 +51,16 @@ def gpu_plan(spec: SpecView, config: Config) -> Plan:
     notes: list[str] = []
     minors: Mapping[str, int] | None = None
     inv: Inventory | None = None
+    snapshot_driver: DriverFacts | None = None
     # Driver files need the driver version, so `none` (control nodes and the driver, no GPU)
     # reads the inventory too.
     wants_driver = bool(decision.driver_capabilities) and config.driver_files
     if decision.device_ids or wants_driver:
-        from gpuhook.inventory.load import load_for_plan
+        from gpuhook.inventory.load import load_with_driver
 
-        # The snapshot if fresh (with its parsed mig-minors), else the backend; noted either way.
-        inv, origin, minors = load_for_plan(config)
+        # The snapshot if fresh (with its parsed mig-minors and driver files), else the backend;
+        # noted either way.
+        inv, origin, minors, snapshot_driver = load_with_driver(config)
         notes.append(origin)
     if decision.device_ids:
         assert inv is not None
@@ -81,6 +83,6 @@ def gpu_plan(spec: SpecView, config: Config) -> Plan:
         assert inv is not None
         from gpuhook.host.driver import discover_driver, discover_sockets
 
-        info = replace(info, driver=discover_driver(host, inv.driver_version),
-                       sockets=discover_sockets(host))
+        facts = snapshot_driver or discover_driver(host, inv.driver_version)
+        info = replace(info, driver=facts, sockets=discover_sockets(host))
     return build_plan(decision, devices, info, tuple(notes))

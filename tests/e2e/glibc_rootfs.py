@@ -69,3 +69,54 @@ def build_glibc_rootfs(dest: Path, programs: Mapping[str, Path] = {}) -> Path:
                    capture_output=True)
     os.chmod(dest, 0o755)
     return dest
+
+
+def write_image_archive(dest: Path, name: str, rootfs: Path) -> Path:
+    """`rootfs` as a one-layer OCI image-layout tarball named `name` (for `ctr image import`),
+    in the same format tests/e2e/oci_image.py writes for busybox."""
+    import io
+    import json
+    import tarfile
+
+    from tests.e2e import oci_image as oi
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for dirpath, dirnames, filenames in os.walk(rootfs):
+            dirnames.sort()
+            for entry in sorted(dirnames + filenames):
+                path = Path(dirpath) / entry
+                info = tf.gettarinfo(str(path), arcname=str(path.relative_to(rootfs)))
+                info.mtime, info.uid, info.gid, info.uname, info.gname = oi.EPOCH, 0, 0, "", ""
+                if info.isreg():
+                    with path.open("rb") as f:
+                        tf.addfile(info, f)
+                else:
+                    tf.addfile(info)
+    layer = buf.getvalue()
+    layer_digest = oi._digest(layer)
+    config = {"architecture": oi.oci_arch(), "os": "linux", "created": "2023-11-14T22:13:20Z",
+              "config": {"Env": [oi.DEFAULT_PATH], "Cmd": ["sh"], "WorkingDir": "/"},
+              "rootfs": {"type": "layers", "diff_ids": [layer_digest]}}
+    config_raw = oi._canonical(config)
+    manifest = {"schemaVersion": 2, "mediaType": oi.MEDIA_MANIFEST,
+                "config": {"mediaType": oi.MEDIA_CONFIG, "digest": oi._digest(config_raw),
+                           "size": len(config_raw)},
+                "layers": [{"mediaType": oi.MEDIA_LAYER, "digest": layer_digest,
+                            "size": len(layer)}]}
+    manifest_raw = oi._canonical(manifest)
+    tag = name.rsplit(":", 1)[1]
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+             "manifests": [{"mediaType": oi.MEDIA_MANIFEST, "digest": oi._digest(manifest_raw),
+                            "size": len(manifest_raw),
+                            "platform": {"architecture": oi.oci_arch(), "os": "linux"},
+                            "annotations": {"io.containerd.image.name": name,
+                                            "org.opencontainers.image.ref.name": tag}}]}
+    with tarfile.open(dest, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        oi._add_bytes(tf, "oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
+        oi._add_bytes(tf, "index.json", oi._canonical(index))
+        oi._tar_dir(tf, "blobs")
+        oi._tar_dir(tf, "blobs/sha256")
+        for blob in (layer, config_raw, manifest_raw):
+            oi._add_bytes(tf, "blobs/sha256/" + oi._digest(blob).split(":", 1)[1], blob)
+    return dest

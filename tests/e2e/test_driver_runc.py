@@ -23,7 +23,7 @@ from tests.fakedriver import build as fakedriver
 
 pytestmark = pytest.mark.e2e
 
-GPUMODES = ("hook",)  # spec mode (gpuhook-runtime) joins when the shim writes driver files
+GPUMODES = ("hook", "spec")
 
 LIBDIR = "/usr/lib/x86_64-linux-gnu"
 # What the container reports, one tagged line per fact; `|| true` keeps going after a failure.

@@ -343,3 +343,18 @@ def test_merged_usr_links_are_recognised_by_their_text_never_followed(
         assert driver.merged_usr(fd, path) == want
     finally:
         os.close(fd)
+
+
+def test_a_failing_cgroup_step_undoes_the_driver_files_and_the_nodes(
+        container: tuple[int, Path], host: Path, tmp_path: Path) -> None:
+    from gpuhook.enforce import apply_to
+    from gpuhook.enforce.cgroup import DeviceCgroup
+
+    pid, rootfs = container
+    (rootfs / "dev").mkdir()
+    before = _tree_hash(rootfs)
+    with pytest.raises(ApplyError, match="no-cgroup"):
+        apply_to(_plan(host), pid, str(rootfs),  # type: ignore[arg-type]
+                 DeviceCgroup(1, str(tmp_path / "no-cgroup")))
+    assert _tree_hash(rootfs) == before
+    assert _driver_mounts(_in_ns(pid, _mountinfo), rootfs) == []

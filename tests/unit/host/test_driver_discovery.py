@@ -4,6 +4,8 @@ the real fake driver tree (tests/fakedriver) read back completely."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,19 @@ def test_sockets_are_taken_only_when_they_are_sockets(fake_driver_host: FakeHost
     found = discover_sockets(HostPaths(str(root)))
     assert [(f.container_path, f.kind) for f in found] == [
         ("/run/nvidia-persistenced/socket", "socket"), ("/tmp/nvidia-mps", "socket")]
+
+
+def test_a_second_copy_of_a_library_elsewhere_is_not_taken_twice(
+        fake_driver_host: FakeHost) -> None:
+    root = fake_driver_host.root
+    other = root / "usr/lib64"
+    other.mkdir()
+    name = f"libcuda.so.{fake_driver_host.version}"
+    shutil.copy(fake_driver_host.lib64 / name, other / name)
+    (other / "libcuda.so.1").symlink_to(name)
+    (root / "etc/ld.so.conf").write_text(f"/{LIB64}\n/usr/lib64\n/usr/lib/i386-linux-gnu\n")
+    subprocess.run(["ldconfig", "-X", "-r", str(root)], check=True,
+                   env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    facts = discover_driver(HostPaths(str(root)), fake_driver_host.version)
+    cudas = [lib for lib in facts.libraries if lib.stem == "libcuda.so" and lib.arch == "x86-64"]
+    assert len(cudas) == 1

@@ -63,12 +63,16 @@ def _refresh_cdi_specs(config: Config) -> None:
     from gpuhook.runtime.cdi_spec import regenerate_recorded
 
     try:
-        for line in regenerate_recorded(config):
-            click.echo(f"cdi: {line}")
+        lines, errors = regenerate_recorded(config)
     except GpuhookError as e:
         report(e)
-    except OSError as e:
-        report(GpuhookError(f"cannot write CDI spec {e.filename}: {e.strerror}"))
+        return
+    for line in lines:
+        click.echo(f"cdi: {line}")
+    for error in errors:
+        click.echo(f"gpuhook: cdi: {error}", err=True)
+    if errors:
+        raise SystemExit(1)
 
 
 @inventory.command("show")

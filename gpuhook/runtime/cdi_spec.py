@@ -205,16 +205,26 @@ def remember(config: Config, written: Written) -> None:
     write_atomic(record_path(config), (json.dumps(data, indent=1) + "\n").encode())
 
 
-def regenerate_recorded(config: Config) -> list[str]:
-    """Rewrite every spec written before (that still exists); one line per spec."""
+def regenerate_recorded(config: Config) -> tuple[list[str], list[str]]:
+    """Rewrite every spec written before (that still exists): (one line per spec, the errors).
+    One spec that cannot be generated (its IMEX channels gone, say) does not keep the others
+    stale."""
     lines: list[str] = []
+    errors: list[str] = []
     for w in recorded(config):
         if not os.path.exists(w.path):
             lines.append(f"{w.path}: gone, not rewritten")
             continue
-        write(w.path, generate(config, w.cls, w.version))
+        try:
+            write(w.path, generate(config, w.cls, w.version))
+        except GpuhookError as e:
+            errors.append(f"{w.path}: not rewritten: {e}")
+            continue
+        except OSError as e:
+            errors.append(f"{w.path}: not rewritten: {e.strerror}")
+            continue
         lines.append(f"{w.path}: rewritten ({KINDS[w.cls]})")
-    return lines
+    return lines, errors
 
 
 # --- is a spec on disk current? ------------------------------------------------------------------

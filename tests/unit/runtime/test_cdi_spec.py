@@ -254,3 +254,31 @@ def test_imex_channel_spec_without_channels_is_an_error(tmp_path: Path) -> None:
     res = run("cdi", "generate", "--class", "imex-channel", config=cfg)
     assert res.returncode == 1
     assert "no IMEX channel nodes" in res.stderr
+
+
+def test_refresh_rewrites_what_it_can_and_names_what_it_cannot(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mknod of the fake IMEX channel needs root")
+    import shutil
+    import stat
+
+    host = tmp_path / "host"
+    shutil.copytree(HOSTS / "1gpu", host)
+    devices = host / "proc" / "devices"
+    devices.write_text(devices.read_text().replace(
+        "Character devices:\n", "Character devices:\n234 nvidia-caps-imex-channels\n"))
+    channel = host / "dev" / "nvidia-caps-imex-channels" / "channel0"
+    channel.parent.mkdir(parents=True)
+    os.mknod(channel, stat.S_IFCHR | 0o666, os.makedev(234, 0))
+    cfg = node_config(tmp_path, INVENTORIES / "1gpu.yaml", host)
+    gpu, imex = tmp_path / "cdi" / "nvidia.yaml", tmp_path / "cdi" / "imex.json"
+    assert run("cdi", "generate", "--output", str(gpu), config=cfg).returncode == 0
+    assert run("cdi", "generate", "--class", "imex-channel", "--output", str(imex),
+               config=cfg).returncode == 0
+    channel.unlink()  # the IMEX daemon's channels are gone
+    gpu.write_text("stale\n")
+    res = run("inventory", "refresh", config=cfg)
+    assert res.returncode == 1
+    assert f"cdi: {gpu}: rewritten" in res.stdout
+    assert f"{imex}: not rewritten: no IMEX channel nodes" in res.stderr
+    assert yaml.safe_load(gpu.read_text())["kind"] == "nvidia.com/gpu"

@@ -303,6 +303,7 @@ def statuses(config: Config, dirs: Iterable[str] = CDI_DIRS) -> list[SpecStatus]
     rec = {w.path: w for w in recorded(config)}
     out: list[SpecStatus] = []
     fresh: dict[str, JsonObj] = {}
+    failed: dict[str, str] = {}
     kinds: dict[str, list[str]] = {}
     for path in spec_files(dirs, rec):
         try:
@@ -317,7 +318,14 @@ def statuses(config: Config, dirs: Iterable[str] = CDI_DIRS) -> list[SpecStatus]
             out.append(SpecStatus(path, kind, "other", "not a kind gpuhook generates"))
             continue
         if cls not in fresh:
-            fresh[cls] = generate(config, cls)
+            try:
+                fresh[cls] = generate(config, cls)
+            except GpuhookError as e:
+                # Nothing to compare with: the spec names devices gpuhook cannot find now.
+                failed[cls] = str(e)
+        if cls in failed:
+            out.append(SpecStatus(path, kind, "stale", f"cannot generate it now: {failed[cls]}"))
+            continue
         diff = compare(spec, fresh[cls])
         out.append(SpecStatus(path, kind, "stale" if diff else "current", diff))
     for paths in kinds.values():

@@ -282,3 +282,7 @@ def test_refresh_rewrites_what_it_can_and_names_what_it_cannot(tmp_path: Path) -
     assert f"cdi: {gpu}: rewritten" in res.stdout
     assert f"{imex}: not rewritten: no IMEX channel nodes" in res.stderr
     assert yaml.safe_load(gpu.read_text())["kind"] == "nvidia.com/gpu"
+    listed = run("cdi", "list", "--cdi-dir", str(gpu.parent), config=cfg)
+    assert listed.returncode == 1
+    assert f"{gpu}: nvidia.com/gpu: current" in listed.stdout
+    assert f"{imex}: nvidia.com/imex-channel: stale (cannot generate it now" in listed.stdout

@@ -39,7 +39,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from gpuhook.decide.cdi_names import GPU_CLASS, IMEX_CLASS, VENDOR, parse_qualified_name
-from gpuhook.decide.request import ENV_VISIBLE, MAX_IDS, Ignored
+from gpuhook.decide.request import (
+    ENV_VISIBLE,
+    MAX_IDS,
+    Ignored,
+    clean_path,
+    device_list_path,
+)
 from gpuhook.decide.spec import Mount, SpecView
 from gpuhook.errors import InputError
 from gpuhook.limits import DEV_NULL
@@ -78,7 +84,8 @@ class Asked:
         return bool(self.imex_mounts or self.imex_env or self.imex_env_raw or self.gated)
 
 
-def cdi_requests(spec: SpecView, root: str) -> tuple[SpecView, Asked]:
+def cdi_requests(spec: SpecView, root: str, accept_mounts: bool = True
+                 ) -> tuple[SpecView, Asked]:
     """The view the GPU request stages read (CDI `nvidia.com/gpu` names turned into plain ids;
     `cdi/` and `imex/` mounts taken out) and everything else that was asked."""
     ignored: list[Ignored] = []
@@ -86,24 +93,34 @@ def cdi_requests(spec: SpecView, root: str) -> tuple[SpecView, Asked]:
     mounts: list[Mount] = []
     extra_ids: list[str] = []
     imex_mounts: list[int] = []
-    prefix = root.rstrip("/") + "/"
+    prefix = root.rstrip("/") + "/"  # where the plain id mounts made from CDI names go
     for m in spec.mounts:
-        if not m.destination.startswith(prefix) or m.source != DEV_NULL:
+        # Read as request.py reads the device list (the toolkit's cleaning; traversal refused
+        # there, where this mount stays when it is not one of ours).
+        try:
+            rel = device_list_path(m.destination, root)
+        except InputError:
+            rel = None
+        if not rel or m.source is None or clean_path(m.source) != DEV_NULL:
             mounts.append(m)
             continue
-        rel = m.destination[len(prefix):]
         head, _, rest = rel.partition("/")
+        if head not in ("cdi", "imex"):
+            mounts.append(m)
+            continue
+        if not accept_mounts:  # not read at all, as request.py does with the id mounts
+            ignored.append(Ignored(SOURCE_MOUNTS, rel[:200], "accept-nvidia-visible-devices-"
+                                   "as-volume-mounts is false"))
+            continue
         if head == "cdi":
             name = _mount_cdi_name(rest, f"volume mount {m.destination[:200]!r}")
             gpu_id = _serve(name, f"volume mount {m.destination[:200]!r}", SOURCE_MOUNTS,
                             ignored, notes, imex_mounts)
             if gpu_id is not None:
                 extra_ids.append(gpu_id)
-        elif head == "imex":
+        else:
             imex_mounts.append(_channel(rest, f"volume mount {m.destination[:200]!r}",
                                         allow_all=True))
-        else:
-            mounts.append(m)
     for key, value in _cdi_annotations(spec.annotations):
         for name in value.split(","):
             parsed = parse_qualified_name(name)

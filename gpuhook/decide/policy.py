@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from gpuhook.config import Config
 from gpuhook.decide.request import (
     DEFAULT_DRIVER_CAPS,
+    ENV_DRIVER_CAPS,
     ENV_MIG_CONFIG,
     ENV_MIG_MONITOR,
     ENV_VISIBLE,
@@ -21,7 +22,7 @@ from gpuhook.decide.request import (
     Ignored,
     Request,
 )
-from gpuhook.errors import PolicyError
+from gpuhook.errors import InputError, PolicyError
 
 SOURCE_MOUNTS = "volume-mounts"
 SOURCE_ENV = "envvar"
@@ -54,12 +55,11 @@ def decide(req: Request, config: Config) -> Decision:
     granted = source != SOURCE_NONE
     caps = req.driver_capabilities
     if caps is None:
-        # A legacy CUDA image means all capabilities, but only when its env request was taken.
-        legacy = source == SOURCE_ENV and req.env_devices is not None and req.env_devices.legacy
-        caps = SUPPORTED_DRIVER_CAPS if legacy else DEFAULT_DRIVER_CAPS
-    if req.driver_capabilities_ignored and granted:
-        notes.append("unsupported driver capabilities dropped: "
-                     + ", ".join(req.driver_capabilities_ignored))
+        # The toolkit's hook: a legacy CUDA image without NVIDIA_DRIVER_CAPABILITIES gets them
+        # all, wherever its devices come from (its own env could have said `all` anyway).
+        caps = SUPPORTED_DRIVER_CAPS if req.legacy else DEFAULT_DRIVER_CAPS
+    if granted:
+        _refuse_unusable_request(req)
     return Decision(
         privileged=req.privileged,
         privileged_reason=req.privileged_reason,
@@ -68,7 +68,7 @@ def decide(req: Request, config: Config) -> Decision:
         control_nodes=control or monitor or mig_config,
         ignored=tuple(ignored),
         driver_capabilities=caps if granted else (),
-        requirements=req.requirements if ids else (),
+        requirements=req.requirements if granted else (),
         mig_monitor=monitor,
         mig_config=mig_config,
         notes=tuple(notes),
@@ -80,6 +80,8 @@ def _devices(req: Request, config: Config, ignored: list[Ignored], notes: list[s
     env = req.env_devices
     env_value = "" if env is None else (env.raw or "(unset; legacy CUDA image)")
     mounts_on = config.accept_nvidia_visible_devices_as_volume_mounts
+    if mounts_on and req.mount_error:
+        raise InputError(req.mount_error)
     if req.mount_ids and not mounts_on:
         ignored.extend(Ignored(SOURCE_MOUNTS, i, "accept-nvidia-visible-devices-as-volume-mounts"
                                " is false") for i in req.mount_ids)
@@ -89,6 +91,14 @@ def _devices(req: Request, config: Config, ignored: list[Ignored], notes: list[s
                                    "the device plugin's volume mounts take precedence"))
         return SOURCE_MOUNTS, req.mount_ids, True
     if env is None:
+        return SOURCE_NONE, (), False
+    if env.kind == "marker":
+        # NVIDIA_VISIBLE_DEVICES=/var/run/nvidia-container-devices: what the device plugin's
+        # volume-mounts strategy writes beside its mounts. Without them it names nothing.
+        reason = ("device-plugin marker without mounts: it names no device" if not req.mount_ids
+                  else "device-plugin marker; its volume mounts are not accepted "
+                  "(accept-nvidia-visible-devices-as-volume-mounts is false)")
+        ignored.append(Ignored(SOURCE_ENV, env.raw, reason))
         return SOURCE_NONE, (), False
     if not req.privileged and not config.accept_nvidia_visible_devices_envvar_when_unprivileged:
         if env.kind == "void":
@@ -102,6 +112,8 @@ def _devices(req: Request, config: Config, ignored: list[Ignored], notes: list[s
         return SOURCE_NONE, (), False
     if env.kind == "void":
         return SOURCE_NONE, (), False
+    if env.error:
+        raise InputError(env.error)
     if env.legacy:
         notes.append("legacy CUDA image (CUDA_VERSION set, NVIDIA_REQUIRE_CUDA and "
                      f"{ENV_VISIBLE} unset): all GPUs, all driver capabilities")
@@ -109,6 +121,17 @@ def _devices(req: Request, config: Config, ignored: list[Ignored], notes: list[s
         notes.append(f"{ENV_VISIBLE}=none: control nodes only, no GPU")
         return SOURCE_ENV, (), True
     return SOURCE_ENV, env.ids, True
+
+
+def _refuse_unusable_request(req: Request) -> None:
+    """What the toolkit's hook refuses in a request it acts on (container_config.go
+    getNvidiaConfig): unsupported driver capabilities, an unparsable legacy CUDA_VERSION."""
+    if req.driver_capabilities_unsupported:
+        raise InputError(f"{ENV_DRIVER_CAPS}: unsupported driver capabilities "
+                         + ", ".join(repr(c[:40]) for c in req.driver_capabilities_unsupported)
+                         + "; supported: " + ", ".join(SUPPORTED_DRIVER_CAPS) + ", all")
+    if req.requirements_error:
+        raise InputError(req.requirements_error)
 
 
 def _mig_capability(req: Request, config: Config, name: str, env_value: str | None,

@@ -11,6 +11,10 @@ from gpuhook.inventory.model import Gpu, Inventory, MigDevice
 
 _INDEX = re.compile(r"^\d+$")
 _MIG_INDEX = re.compile(r"^(\d+):(\d+)$")
+# libnvidia-container src/cli/common.c matches_pci_format: "%x:%02x:%02x.0" (domain:bus:device).
+_PCI_BUS_ID = re.compile(r"([0-9A-Fa-f]{1,8}):([0-9A-Fa-f]{1,2}):([0-9A-Fa-f]{1,2})(?:\.0)?")
+# MIG-GPU-<parent uuid>/<gi>/<ci>: the MIG UUID drivers before R470 reported.
+_OLD_MIG = re.compile(r"MIG-(GPU-[0-9A-Fa-f-]+)/([0-9]+)/([0-9]+)", re.IGNORECASE)
 _CONSTRAINT = re.compile(r"^(cuda|driver|arch|brand)\s*(>=|<=|==|=|>|<)\s*(.+)$")
 
 
@@ -43,7 +47,7 @@ def resolve(ids: Iterable[str], inv: Inventory, allow_full_gpu_on_mig: bool
 
 
 def _resolve_one(device_id: str, inv: Inventory, allow_full: bool) -> list[Resolved]:
-    if device_id == "all":
+    if device_id.lower() == "all":  # nvidia-container-cli: str_case_equal(dev, "all")
         # On a MIG-enabled GPU the schedulable units are its MIG devices: `all` means those,
         # unless whole MIG-enabled GPUs are allowed.
         out: list[Resolved] = []
@@ -63,20 +67,43 @@ def _resolve_one(device_id: str, inv: Inventory, allow_full: bool) -> list[Resol
             if mig.index == int(m.group(2)):
                 return [Resolved(gpu, mig)]
         raise ResolveError(f"{device_id} not found: {_mig_list(gpu)}")
-    if device_id.startswith("GPU-"):
-        gpu = _gpu_by(lambda g: g.uuid == device_id, inv, device_id)
+    # UUIDs are matched case-insensitively, as nvidia-container-cli does (strcasecmp).
+    wanted = device_id.lower()
+    if wanted.startswith("gpu-"):
+        gpu = _gpu_by(lambda g: g.uuid.lower() == wanted, inv, device_id)
         return [_full(gpu, device_id, allow_full)]
-    if device_id.startswith("MIG-"):
+    old = _OLD_MIG.fullmatch(device_id)
+    if old:
+        parent = old.group(1).lower()
+        gpu = _gpu_by(lambda g: g.uuid.lower() == parent, inv, device_id)
+        for mig in gpu.mig_devices:
+            if (mig.gi, mig.ci) == (int(old.group(2)), int(old.group(3))):
+                return [Resolved(gpu, mig)]
+        raise ResolveError(f"{device_id} not found: {_mig_list(gpu)}")
+    if wanted.startswith("mig-"):
         for gpu in inv.gpus:
             for mig in gpu.mig_devices:
-                if mig.uuid == device_id:
+                if mig.uuid.lower() == wanted:
                     return [Resolved(gpu, mig)]
         migs = [f"{m.uuid} ({g.index}:{m.index})" for g in inv.gpus for m in g.mig_devices]
         raise ResolveError(f"{device_id} not found; available MIG devices: "
                            + (", ".join(migs) if migs else "none (no GPU is in MIG mode)"))
+    pci = _pci_key(device_id)
+    if pci is not None:
+        gpu = _gpu_by(lambda g: _pci_key(g.pci_bus_id) == pci, inv, device_id)
+        return [_full(gpu, device_id, allow_full)]
     raise ResolveError(f"{device_id!r} is not a device id (expected an index like 0, "
-                       f"a MIG index like 0:1, GPU-<uuid>, MIG-<uuid> or all); "
-                       f"available: {_gpu_list(inv)}")
+                       f"a MIG index like 0:1, GPU-<uuid>, MIG-<uuid>, a PCI bus id like "
+                       f"0000:07:00.0 or all); available: {_gpu_list(inv)}")
+
+
+def _pci_key(bus_id: str) -> tuple[int, int, int] | None:
+    """(domain, bus, device) of a PCI bus id, whatever the zero padding (NVML writes an 8-digit
+    domain, /proc/driver/nvidia/gpus a 4-digit one)."""
+    m = _PCI_BUS_ID.fullmatch(bus_id)
+    if m is None:
+        return None
+    return int(m.group(1), 16), int(m.group(2), 16), int(m.group(3), 16)
 
 
 def _gpu_by(pred: Callable[[Gpu], bool], inv: Inventory, device_id: str) -> Gpu:
@@ -108,16 +135,19 @@ def _mig_list(gpu: Gpu) -> str:
         f"{m.uuid} ({gpu.index}:{m.index}, {m.profile})" for m in gpu.mig_devices)
 
 
-def check_requirements(reqs: Iterable[tuple[str, str]], inv: Inventory) -> list[str]:
+def check_requirements(reqs: Iterable[tuple[str, str]], inv: Inventory,
+                       with_devices: bool = True) -> list[str]:
     """Raise when a NVIDIA_REQUIRE_* expression fails. Space-separated alternatives are ORed,
     comma-separated constraints ANDed (libnvidia-container's rule). Returns notes about
-    constraints that cannot be judged here (arch, brand)."""
+    constraints that cannot be judged here (arch, brand). Without devices (`none`), arch and
+    brand hold, as in nvidia-container-cli (src/cli/configure.c: no visible device, "assume
+    the arch is ok"), and cuda / driver are still checked."""
     notes: list[str] = []
     for name, expr in reqs:
         failures: list[str] = []
         ok = False
         for alternative in expr.split():
-            verdict, why = _alternative(alternative, inv)
+            verdict, why = _alternative(alternative, inv, with_devices)
             if verdict is None:
                 notes.append(f"{name}: {alternative!r} not evaluated ({why})")
             elif verdict:
@@ -130,7 +160,8 @@ def check_requirements(reqs: Iterable[tuple[str, str]], inv: Inventory) -> list[
     return notes
 
 
-def _alternative(alternative: str, inv: Inventory) -> tuple[bool | None, str]:
+def _alternative(alternative: str, inv: Inventory, with_devices: bool
+                 ) -> tuple[bool | None, str]:
     """An AND group: False when any checkable constraint fails (wherever it stands), else None
     when one cannot be judged here (arch, brand), else True."""
     unjudged = ""
@@ -140,6 +171,8 @@ def _alternative(alternative: str, inv: Inventory) -> tuple[bool | None, str]:
             raise ResolveError(f"requirement {constraint!r}: expected e.g. cuda>=12.0")
         key, op, want = m.groups()
         if key in ("arch", "brand"):
+            if not with_devices:
+                continue
             unjudged = unjudged or f"{key} constraints are not checked by gpuhook"
             continue
         have = inv.cuda_version if key == "cuda" else inv.driver_version

@@ -51,7 +51,9 @@ def might_request(spec: object) -> bool:
     """False only when no config could make this spec request anything: no /dev/null mount
     (a device-plugin id or MIG capability), no NVIDIA_* or CUDA_VERSION env entry and no
     cdi.k8s.io/ annotation (the device plugin's CDI requests). Anything unexpected answers
-    True, so the full, validating path decides."""
+    True, so the full, validating path decides. A source is compared as the toolkit does,
+    cleaned (`/dev/./null`, `//dev/null`): any path that cleans to /dev/null has a `null`
+    component, so containing "null" is the cheap, safe test."""
     if not isinstance(spec, dict):
         return True
     mounts = spec.get("mounts") or []
@@ -59,7 +61,10 @@ def might_request(spec: object) -> bool:
     if not isinstance(mounts, list) or not isinstance(process, dict):
         return True
     for m in mounts:
-        if not isinstance(m, dict) or m.get("source") == DEV_NULL:
+        if not isinstance(m, dict):
+            return True
+        source = m.get("source")
+        if source is not None and (not isinstance(source, str) or "null" in source):
             return True
     env = process.get("env") or []
     if not isinstance(env, list):

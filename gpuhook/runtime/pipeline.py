@@ -30,7 +30,8 @@ from gpuhook.inventory.model import Inventory
 
 def plan_for_spec(spec: SpecView, config: Config) -> Plan:
     # CDI names become plain ids here; IMEX channels and gated families join the GPU plan after.
-    spec, asked = cdi_requests(spec, config.volume_mount_root)
+    spec, asked = cdi_requests(spec, config.volume_mount_root,
+                               config.accept_nvidia_visible_devices_as_volume_mounts)
     plan = gpu_plan(spec, config)
     if not (asked.anything or asked.ignored or asked.notes):
         return plan
@@ -53,18 +54,20 @@ def gpu_plan(spec: SpecView, config: Config) -> Plan:
     inv: Inventory | None = None
     snapshot_driver: DriverFacts | None = None
     # Driver files need the driver version, so `none` (control nodes and the driver, no GPU)
-    # reads the inventory too.
+    # reads the inventory too; so does `none` with requirements (cuda and driver versions are
+    # still checked).
     wants_driver = bool(decision.driver_capabilities) and config.driver_files
-    if decision.device_ids or wants_driver:
+    if decision.device_ids or decision.requirements or wants_driver:
         from gpuhook.inventory.load import load_with_driver
 
         # The snapshot if fresh (with its parsed mig-minors and driver files), else the backend;
         # noted either way.
         inv, origin, minors, snapshot_driver = load_with_driver(config)
         notes.append(origin)
+        notes.extend(check_requirements(decision.requirements, inv,
+                                        with_devices=bool(decision.device_ids)))
     if decision.device_ids:
         assert inv is not None
-        notes.extend(check_requirements(decision.requirements, inv))
         devices = resolve(decision.device_ids, inv, config.allow_full_gpu_on_mig_enabled)
     if not needs_host(decision, devices):
         return build_plan(decision, devices, None, tuple(notes))

@@ -115,7 +115,7 @@ def test_other_cdi_devices_are_left_to_the_runtime_and_noted(s: dict[str, Any]) 
                      id="a CDI mount without a device name"),
         pytest.param(spec(mounts=[mount("cdi/nvidia.com/gpu/0/x")]), "is not a CDI device",
                      id="a CDI mount with an extra component"),
-        pytest.param(spec(mounts=[mount("cdi/../../etc/x")]), "is not a CDI device",
+        pytest.param(spec(mounts=[mount("cdi/../../etc/x")]), r"'\.\.'",
                      id="a CDI mount with dotdot components"),
         pytest.param(with_annotations(spec(), {DP_KEY: "nvidia.com/gpu=0;rm"}),
                      "is not a CDI device name", id="a malformed name in a CDI annotation"),
@@ -301,3 +301,17 @@ def test_env_never_stops_a_container(s: dict[str, Any], value: str) -> None:
 def test_imex_env_none_asks_nothing() -> None:
     p = extended(spec(env=["NVIDIA_IMEX_CHANNELS=none"], privileged=True))
     assert not channels(p) and not p.ignored
+
+
+def test_cdi_and_imex_mounts_are_not_read_when_mounts_are_not_accepted() -> None:
+    cfg = config(accept_nvidia_visible_devices_as_volume_mounts=False)
+    p = plan(spec(mounts=[mount("cdi/nvidia.com/gpu/2"), mount("cdi/nvidia.com/gpu"),
+                          mount("imex/x")]), cfg)
+    assert p.empty and p.source == "none"
+    assert all("accept-nvidia-visible-devices-as-volume-mounts" in i.reason for i in p.ignored)
+
+
+def test_a_cdi_mount_spelled_uncleaned_is_read_as_the_toolkit_cleans_it() -> None:
+    m = {"destination": f"/{ROOT}/cdi/nvidia.com/gpu/3/", "type": "bind",
+         "source": "//dev/./null", "options": ["ro"]}
+    assert gpu_nodes(plan(spec(mounts=[m]))) == ["/dev/nvidia3"]

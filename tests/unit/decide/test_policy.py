@@ -113,9 +113,7 @@ def test_mount_ids_deduplicated_in_order() -> None:
         pytest.param("/var/run/nvidia-container-devices/../../etc/passwd", id="dotdot traversal"),
         pytest.param("/var/run/nvidia-container-devices/2/..", id="trailing dotdot"),
         pytest.param("/var/run/nvidia-container-devices//2", id="empty component"),
-        pytest.param("/var/run/nvidia-container-devices/2/", id="trailing slash"),
         pytest.param("/var/run/nvidia-container-devices/./2", id="dot component"),
-        pytest.param("/var/run/nvidia-container-devices", id="the root itself"),
         pytest.param("/var/run/nvidia-container-devices/a/b",
                      id="nested path that is not imex or cdi"),
         pytest.param("/var/run/nvidia-container-devices/2;rm", id="shell metacharacters"),
@@ -173,8 +171,6 @@ def test_privilege_is_sys_admin_in_bounding(caps: object, privileged: bool) -> N
         pytest.param("", ["compute", "utility"], id="empty means default"),
         pytest.param("all", ["compat32", "compute", "display", "graphics", "ngx", "utility",
                              "video"], id="all"),
-        pytest.param("video,compute,bogus", ["compute", "video"],
-                     id="filtered to the supported set"),
     ],
 )
 def test_driver_capabilities(value: str | None, want: list[str]) -> None:

@@ -75,6 +75,8 @@ def generate(config_path: str | None, cls: str, output: str | None, fmt: str | N
         fmt = format_for(path, fmt) if path is not None else (fmt or "yaml")
         spec = generate(config, cls, cdi_version)
         if path is None or dry_run:
+            if path is not None:
+                click.echo(f"dry run: would write {path}", err=True)
             click.echo(render(spec, fmt).decode(), nl=False)
             return
         write(path, spec)

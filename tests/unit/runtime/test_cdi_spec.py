@@ -286,3 +286,32 @@ def test_refresh_rewrites_what_it_can_and_names_what_it_cannot(tmp_path: Path) -
     assert listed.returncode == 1
     assert f"{gpu}: nvidia.com/gpu: current" in listed.stdout
     assert f"{imex}: nvidia.com/imex-channel: stale (cannot generate it now" in listed.stdout
+
+
+@pytest.mark.parametrize(("args", "path"), [
+    pytest.param([], "/var/run/cdi/nvidia.yaml", id="--output alone means /var/run/cdi"),
+    pytest.param(["--class", "imex-channel"], "/var/run/cdi/nvidia-imex-channel.yaml",
+                 id="the imex class has its own default file"),
+])
+def test_output_without_a_file_names_the_default_location(args: list[str], path: str,
+                                                          tmp_path: Path) -> None:
+    if args and os.geteuid() != 0:
+        pytest.skip("the imex case needs root for its channel node")
+    host = HOSTS / "1gpu"
+    if args:
+        import shutil
+        import stat
+
+        host = tmp_path / "host"
+        shutil.copytree(HOSTS / "1gpu", host)
+        devices = host / "proc" / "devices"
+        devices.write_text(devices.read_text().replace(
+            "Character devices:\n", "Character devices:\n234 nvidia-caps-imex-channels\n"))
+        (host / "dev" / "nvidia-caps-imex-channels").mkdir(parents=True)
+        os.mknod(host / "dev" / "nvidia-caps-imex-channels" / "channel0",
+                 stat.S_IFCHR | 0o666, os.makedev(234, 0))
+    cfg = node_config(tmp_path, INVENTORIES / "1gpu.yaml", host)
+    res = run("cdi", "generate", *args, "--output", "--dry-run", config=cfg)
+    assert res.returncode == 0, res.stderr
+    assert f"dry run: would write {path}" in res.stderr
+    assert not Path(path).exists() or "gpuhook" not in Path(path).read_text()[:200]

@@ -490,8 +490,90 @@ def shim(b: Bench) -> Result:
     return r
 
 
+# --- driver files (issue 14) ---------------------------------------------------------------------
+
+def driver(b: Bench) -> Result:
+    r = Result("DRIVER", "GPU start with driver files (1 GPU, compute+utility): gpuhook-runtime "
+                         "and the prestart hook vs plain `runc run` of the same bundle; the "
+                         "host ldconfig alone")
+    from tests.fakedriver import build as fakedriver
+
+    reason = runc_reason() or fakedriver.skip_reason()
+    if reason:
+        r.skipped = reason
+        return r
+    from gpuhook.enforce import ldconfig
+
+    fake = fakedriver.build_fake_driver(b.path("fakedriver"), fake="8xa100-mig")
+    host = fakedriver.make_fake_host(fake, b.path("driver-host"))
+    cfg = write_config(b.path("driver.toml"), host.inventory, host.root, b.path("driver.log"),
+                       None, {"runtimes": ["runc"]})
+    env = {**MINIMAL_ENV, "GPUHOOK_CONFIG": str(cfg)}
+    cfg_off = write_config(b.path("driver-off.toml"), host.inventory, host.root,
+                           b.path("driver-off.log"), None,
+                           {"runtimes": ["runc"], "driver-files": False})
+    env_off = {**MINIMAL_ENV, "GPUHOOK_CONFIG": str(cfg_off)}
+    rootfs = build_rootfs(b.path("rootfs-driver"))  # its own: the driver step writes into it
+    for d in ("etc/ld.so.conf.d", "usr/lib/x86_64-linux-gnu"):
+        (rootfs / d).mkdir(parents=True, exist_ok=True)
+    plain = make_bundle(b.path("bundles/driver-plain"), rootfs, b.work, request_ids=["2"])
+    hooked = make_bundle(b.path("bundles/driver-hook"), rootfs, b.work, request_ids=["2"],
+                         hook=hook_argv(cfg))
+    hooked_off = make_bundle(b.path("bundles/driver-hook-off"), rootfs, b.work,
+                             request_ids=["2"], hook=hook_argv(cfg_off))
+    for bundle in (plain, hooked, hooked_off):
+        spec = json.loads((bundle / "config.json").read_text())
+        spec["process"]["env"].append("NVIDIA_DRIVER_CAPABILITIES=compute,utility")
+        (bundle / "config.json").write_text(json.dumps(spec, indent=1))
+    plain_spec = (plain / "config.json").read_bytes()
+    copy = b.path("ldconfig-root")
+    shutil.copytree(rootfs, copy, symlinks=True)
+
+    def host_ldconfig() -> int:
+        t0 = time.perf_counter_ns()
+        memfd = ldconfig.sealed_copy(ldconfig.DEFAULT_LDCONFIG)
+        root_fd = os.open(copy, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            ldconfig.run(memfd, root_fd, str(copy))
+        finally:
+            os.close(root_fd)
+            os.close(memfd)
+        return time.perf_counter_ns() - t0
+
+    series = [
+        Series("runc run, 1-GPU bundle, no gpuhook", _run_step(b, plain, restore=plain_spec)),
+        Series("gpuhook-runtime run (spec mode + create-container hook)",
+               _run_step(b, plain, str(RUNTIME), env, restore=plain_spec)),
+        Series("runc run + gpuhook prestart hook (hook mode)", _run_step(b, hooked)),
+        Series("gpuhook-runtime run, driver-files = false",
+               _run_step(b, plain, str(RUNTIME), env_off, restore=plain_spec)),
+        Series("prestart hook, driver-files = false", _run_step(b, hooked_off)),
+        Series("host ldconfig alone (sealed memfd, private ns, chroot)", host_ldconfig),
+        Series("ldconfig -X -r ROOTFS (plain exec, for scale)",
+               timed_run([ldconfig.DEFAULT_LDCONFIG, "-X", "-r", str(copy)])),
+    ]
+    interleave(series, b.reps, warmup=2)
+    (plain / "config.json").write_bytes(plain_spec)
+    r.series = {s.name: s.stats() for s in series}
+    base = r.series[series[0].name]
+    for s in series[1:3]:
+        r.figures[f"{s.name}: added median ms"] = r.series[s.name]["median"] - base["median"]
+    for with_files, without in ((series[1], series[3]), (series[2], series[4])):
+        r.figures[f"{with_files.name}: driver files' own median ms"] = (
+            r.series[with_files.name]["median"] - r.series[without.name]["median"])
+    r.notes.append("each start mounts libcuda, libnvidia-ml (+ stubs the capabilities select), "
+                   "nvidia-smi and firmware, creates the links and runs the host's ldconfig; "
+                   "the rootfs is reused, so links and the ld.so.conf.d entry exist after the "
+                   "first round (a restarted container), the ld cache is rebuilt every time")
+    log = b.path("driver.log")
+    if log.exists() and '"applied"' not in log.read_text():
+        r.notes.append("WARNING: the decision log shows no applied plan")
+    return r
+
+
 MEASUREMENTS: dict[str, Callable[[Bench], Result | list[Result]]] = {
     "P1": p1, "IMPORT": importtime, "P2": p2, "P3": p3, "P4": p4, "P5": p5, "SHIM": shim,
+    "DRIVER": driver,
 }
 
 

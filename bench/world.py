@@ -100,7 +100,7 @@ def _write(path: Path, text: str) -> None:
 def write_config(path: Path, inventory: Path, host: Path, log_file: Path,
                  cache: Path | None = None, extra: Mapping[str, object] | None = None) -> Path:
     keys: dict[str, object] = {"inventory": str(inventory), "host-root": str(host),
-                               "log-file": str(log_file)}
+                               "log-file": str(log_file), "driver-files": False}
     keys["inventory-cache"] = str(cache if cache else path.parent / "no-snapshot.json")
     keys.update(extra or {})
     path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items()))

@@ -30,6 +30,10 @@ class Config(NamedTuple):
     allow_mig_monitor_unprivileged: bool = False
     allow_full_gpu_on_mig_enabled: bool = False
     inventory_cache: str = "/run/gpuhook/inventory.json"
+    gated_device_families: tuple[str, ...] = ()
+    cdi_driver_capabilities: tuple[str, ...] = ("compute", "utility")
+    driver_files: bool = True
+    ldconfig: str = "/sbin/ldconfig"
     source: str = "built-in defaults"  # where this config came from, for messages
 
     def with_overrides(self, **changes: Any) -> Config:
@@ -40,6 +44,11 @@ _CHOICES = {
     "unprivileged_envvar_action": ("ignore", "fail"),
     "mode": ("spec", "hook"),
 }
+_MAY_BE_EMPTY = ("gated_device_families",)
+# The gated device families (NVIDIA_GDS, _MOFED, _GDRCOPY, _NVSWITCH=enabled).
+_LIST_CHOICES = {"gated_device_families": ("gds", "mofed", "gdrcopy", "nvswitch"),
+                 "cdi_driver_capabilities": ("compat32", "compute", "display", "graphics", "ngx",
+                                             "utility", "video")}
 _PATH_KEYS = ("inventory", "host_root", "log_file", "inventory_cache")
 _KEYS = {name.replace("_", "-"): name for name in Config._fields if name != "source"}
 
@@ -132,9 +141,16 @@ def _closest(key: str) -> str:
 def _check(origin: str, key: str, name: str, value: object) -> object:
     default = Config._field_defaults[name]
     if isinstance(default, tuple):
-        if not isinstance(value, list) or not value or not all(
+        empty_ok = name in _MAY_BE_EMPTY
+        if not isinstance(value, list) or not (value or empty_ok) or not all(
                 isinstance(v, str) and v for v in value):
-            raise InputError(f"config {origin}: {key} must be a non-empty list of strings")
+            what = "a list of strings" if empty_ok else "a non-empty list of strings"
+            raise InputError(f"config {origin}: {key} must be {what}")
+        allowed = _LIST_CHOICES.get(name)
+        bad = [v for v in value if allowed is not None and v not in allowed]
+        if bad:
+            raise InputError(f"config {origin}: {key}: unknown {', '.join(map(repr, bad))}; "
+                             f"known: {', '.join(allowed or ())}")
         return tuple(value)
     if type(value) is not type(default):
         raise InputError(f"config {origin}: {key} must be {type(default).__name__}, "

@@ -10,6 +10,10 @@ def main() -> None:
         from gpuhook.runtime.hook import prestart_main
 
         sys.exit(prestart_main(argv[2:]))
+    if argv[:2] == ["hook", "create-container"] and not {"-h", "--help"} & set(argv[2:]):
+        from gpuhook.runtime.create_container import main as create_container_main
+
+        sys.exit(create_container_main(argv[2:]))
     from gpuhook.cli.main import cli
 
     cli(prog_name="gpuhook")

@@ -111,6 +111,8 @@ def install(runtime: str, engine_config: str | None, config: str | None, create_
         _finish(changes, runtime, dry_run, create_dirs, "installed")
         if gpuhook_config and runtime != "podman":
             _config_note(runtime, gpuhook_config)
+        if runtime == "containerd":
+            _warn_cdi_annotations(changes, name)
     except (inst.InstallError, OSError) as e:
         raise click.ClickException(str(e)) from None
 
@@ -221,6 +223,17 @@ def _check(opts: Any) -> None:
                                "gets a file of its own (see --drop-in-dir / --hooks-dir)")
     if opts.drop_in and opts.runtime != "containerd":
         raise click.UsageError("--drop-in is for containerd (CRI-O always gets a drop-in)")
+
+
+def _warn_cdi_annotations(changes: list[Any], name: str) -> None:
+    """Loudly, on stderr: a pod_annotations allow-list that passes cdi.k8s.io/ lets pod authors
+    forge the device plugin's CDI requests."""
+    from gpuhook.engines.containerd import cdi_annotation_warnings
+
+    for change in changes:
+        text = (change.new or b"").decode("utf-8", "replace")
+        for warning in cdi_annotation_warnings(text, name):
+            click.echo(f"gpuhook: WARNING: {change.path}: {warning}", err=True)
 
 
 def _missing_dirs(changes: list[Any]) -> list[str]:

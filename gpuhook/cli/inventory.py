@@ -7,6 +7,7 @@ import json
 import click
 
 from gpuhook.cli.common import CONFIG_HELP, report
+from gpuhook.config import Config
 from gpuhook.errors import GpuhookError
 
 
@@ -63,6 +64,25 @@ def refresh(config_path: str | None, dry_run: bool) -> None:
     migs = sum(len(g.get("mig_devices", [])) for g in inv["gpus"])
     click.echo(f"wrote {config.inventory_cache}: {len(inv['gpus'])} GPUs, {migs} MIG devices, "
                f"driver {inv['driver_version']}, source {snap['key']['source']['backend']}")
+    _refresh_cdi_specs(config)
+
+
+def _refresh_cdi_specs(config: Config) -> None:
+    """Rewrite the CDI specs `gpuhook cdi generate --output` wrote before: a spec that names
+    the old devices is what makes runtimes fail after a driver or MIG change."""
+    from gpuhook.runtime.cdi_spec import regenerate_recorded
+
+    try:
+        lines, errors = regenerate_recorded(config)
+    except GpuhookError as e:
+        report(e)
+        return
+    for line in lines:
+        click.echo(f"cdi: {line}")
+    for error in errors:
+        click.echo(f"gpuhook: cdi: {error}", err=True)
+    if errors:
+        raise SystemExit(1)
 
 
 @inventory.command("show")
@@ -76,7 +96,7 @@ def show(config_path: str | None) -> None:
       gpuhook inventory show || gpuhook inventory refresh
     """
     from gpuhook.config import load_config
-    from gpuhook.inventory.snapshot import StaleSnapshot, fresh_inventory
+    from gpuhook.inventory.snapshot import StaleSnapshot, fresh_snapshot_driver
 
     try:
         config = load_config(config_path)
@@ -84,10 +104,15 @@ def show(config_path: str | None) -> None:
         report(e)
         return
     try:
-        inv = fresh_inventory(config)
+        inv, _, driver, why_not = fresh_snapshot_driver(config)
     except StaleSnapshot as e:
         click.echo(f"not used: {e}")
         raise SystemExit(1) from None
     migs = sum(len(g.mig_devices) for g in inv.gpus)
     click.echo(f"fresh: {config.inventory_cache}: {len(inv.gpus)} GPUs, {migs} MIG devices, "
                f"driver {inv.driver_version}")
+    if config.driver_files:
+        # The driver files have their own key: stale ones are discovered at each start.
+        click.echo(f"driver files: fresh, {len(driver.libraries)} libraries, "
+                   f"{len(driver.files)} other files" if driver is not None
+                   else f"driver files: discovered at each start ({why_not})")

@@ -130,8 +130,32 @@ def _examples() -> None:
             "EXAMPLE_CONFIG", config)
 
 
+@hook.command("create-container")
+@click.option("--config", "config_path", metavar="FILE", help=CONFIG_HELP)
+@click.option("--driver", "driver", metavar="JSON", required=True,
+              help="The plan's driver part (links, library kinds, ld cache, GPUs for the "
+                   "/proc/driver/nvidia view), as gpuhook-runtime writes it.")
+def hook_create_container(config_path: str | None, driver: str) -> None:
+    """Spec mode's createContainer hook: in the container's namespaces, before pivot_root,
+    create the driver libraries' links, rebuild the ld cache with the host's ldconfig
+    (chrooted in the rootfs) and cover /proc/driver/nvidia with a view of the granted GPUs.
+    The OCI state comes on stdin. gpuhook-runtime writes this hook into config.json.
+
+    \b
+    Example (an entry of config.json's hooks.createContainer):
+
+      {"path": "/usr/bin/gpuhook", "args": ["gpuhook", "hook", "create-container",
+       "--driver", "{\\"library_kinds\\":[\\"library\\"],...}"], "env": ["PATH=/usr/bin"]}
+    """
+    from gpuhook.runtime.create_container import main as create_container_main
+
+    args = (["--config", config_path] if config_path else []) + ["--driver", driver]
+    sys.exit(create_container_main(args))
+
+
 def _register() -> None:
     # Command groups that live in their own modules (one job each).
+    from gpuhook.cli.cdi import cdi
     from gpuhook.cli.doctor import doctor
     from gpuhook.cli.explain import explain
     from gpuhook.cli.install import install, uninstall
@@ -142,6 +166,7 @@ def _register() -> None:
     cli.add_command(inventory)
     cli.add_command(explain)
     cli.add_command(doctor)
+    cli.add_command(cdi)
 
 
 _register()

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # plan.py imports this module; these are only annotations here
+    from gpuhook.decide.plan import DriverFile
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,34 @@ class Capability:
 
 
 @dataclass(frozen=True)
+class DriverLibrary:
+    """A driver library found through the host's ld.so.cache."""
+
+    host_path: str  # the resolved versioned file on the real root
+    arch: str  # "x86-64" or "i386" (the cache entry's flags)
+    stem: str  # the libnvidia-container list entry it matched: "libcuda.so"
+    links: tuple[str, ...]  # the cache keys resolving to it: ("libcuda.so.1", "libcuda.so")
+
+    @property
+    def name(self) -> str:
+        return self.host_path.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class DriverFacts:
+    """The driver's user-space under host-root, for every capability (chosen per container in
+    decide/driver.py). Sockets are not here: they are read at each start."""
+
+    version: str
+    ld_cache: str  # the cache read, for messages
+    libraries: tuple[DriverLibrary, ...] = ()
+    files: tuple[DriverFile, ...] = ()  # binaries, firmware, config files
+    notes: tuple[str, ...] = ()  # what discovery could not read
+
+
+@dataclass(frozen=True)
 class HostInfo:
     majors: Majors
     capabilities: Mapping[str, Capability] = field(default_factory=dict)
+    driver: DriverFacts | None = None  # None: no driver files wanted
+    sockets: tuple[DriverFile, ...] = ()  # IPC endpoints present now

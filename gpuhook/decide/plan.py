@@ -5,8 +5,9 @@ The hook, the runtime shim and dry-run all consume this Plan; none re-derives it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from gpuhook.decide.driver import select as select_driver
 from gpuhook.decide.facts import HostInfo
 from gpuhook.decide.policy import Decision
 from gpuhook.decide.request import Ignored
@@ -58,6 +59,29 @@ class Mount:
     options: tuple[str, ...]
 
 
+# What a Plan injects besides device nodes: driver files (bind mounts) and symlinks.
+DRIVER_KINDS = ("library", "library32", "binary", "firmware", "socket", "config")
+
+
+@dataclass(frozen=True)
+class DriverFile:
+    kind: str  # one of DRIVER_KINDS
+    # Absolute path on the real root (host-root already applied) of the resolved file, never a
+    # link: a regular file; for "socket" a socket, or the MPS pipe directory.
+    host_path: str
+    # Absolute path in the container; for "library"/"library32" the bare file name
+    # ("libcuda.so.550.54.15"): its directory is the rootfs's library dir, chosen at apply time
+    # (gpuhook.enforce.libdir.library_dir).
+    container_path: str
+
+
+@dataclass(frozen=True)
+class Symlink:
+    kind: str  # "library" / "library32": `path` is relative to that library dir; "abs": absolute
+    path: str  # the link's name: "libcuda.so.1", "libcuda.so"
+    target: str  # the link's text: "libcuda.so.550.54.15", "libcuda.so.1"
+
+
 @dataclass(frozen=True)
 class Plan:
     privileged: bool
@@ -74,10 +98,31 @@ class Plan:
     notes: tuple[str, ...]
     mig_monitor: bool
     mig_config: bool
+    imex_channels: tuple[int, ...] = ()  # IMEX channels whose nodes the plan holds
+    gated_families: tuple[str, ...] = ()  # gds / mofed / gdrcopy / nvswitch, as granted
+    # Driver files (interface shared by the shim's spec mode and the hooks; see mount_options).
+    driver_files: tuple[DriverFile, ...] = ()
+    symlinks: tuple[Symlink, ...] = ()
+    update_ldcache: bool = False  # True when any library is injected
+    # PCI bus ids ("0000:07:00.0", as named in /proc/driver/nvidia/gpus) of the granted GPUs,
+    # for the /proc/driver/nvidia view; empty: no view.
+    proc_driver_gpus: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
         return not self.device_nodes
+
+
+def mount_options(kind: str) -> tuple[str, ...]:
+    """Bind-mount options for a DriverFile of `kind`: read-only, nosuid, nodev; noexec too
+    except for libraries (mmap(PROT_EXEC) of a library on a noexec mount fails, so dlopen would)
+    and binaries; sockets (and the MPS pipe dir) read-write, noexec."""
+    if kind not in DRIVER_KINDS:
+        raise ValueError(f"unknown driver file kind {kind!r}")
+    if kind == "socket":
+        return ("rbind", "nosuid", "nodev", "noexec")
+    base = ("bind", "ro", "nosuid", "nodev")
+    return base if kind in ("library", "library32", "binary") else (*base, "noexec")
 
 
 def needed_capabilities(decision: Decision, devices: tuple[Resolved, ...]) -> list[str]:
@@ -158,7 +203,28 @@ def build_plan(decision: Decision, devices: tuple[Resolved, ...], host: HostInfo
         env = (("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),)
         notes.append("env CUDA_DEVICE_ORDER=PCI_BUS_ID: set by gpuhook-runtime (spec mode); "
                      "a prestart hook cannot change env")
-    return _plan(decision, tuple(planned), tuple(nodes), tuple(rules), env, notes)
+    plan = _plan(decision, tuple(planned), tuple(nodes), tuple(rules), env, notes)
+    if host.driver is None or not decision.driver_capabilities:
+        return plan
+    return _with_driver(plan, decision.driver_capabilities, devices, host)
+
+
+def _with_driver(plan: Plan, caps: tuple[str, ...], devices: tuple[Resolved, ...],
+                 host: HostInfo) -> Plan:
+    """The plan plus the driver files, symlinks, ld cache and /proc view its capabilities ask
+    for. Raises MissingDriver (a HostError) when a GPU needs libcuda and the driver has none."""
+    assert host.driver is not None
+    sel = select_driver(caps, host.driver, host.sockets, gpus_granted=bool(devices))
+    libs = tuple(DriverFile(kind, lib.host_path, lib.name) for kind, lib in sel.libraries)
+    files = tuple(dict.fromkeys(libs + tuple(sel.files)))
+    return replace(
+        plan,
+        driver_files=files,
+        symlinks=tuple(dict.fromkeys(Symlink(*link) for link in sel.links)),
+        update_ldcache=bool(libs),
+        proc_driver_gpus=tuple(dict.fromkeys(d.gpu.pci_bus_id for d in devices)),
+        notes=plan.notes + tuple(sel.notes),
+    )
 
 
 def _plan(decision: Decision, devices: tuple[PlannedDevice, ...],

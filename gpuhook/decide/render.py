@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gpuhook.decide.plan import Plan
+from gpuhook.decide.plan import Plan, mount_options
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
@@ -24,6 +24,16 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "driver_capabilities": list(plan.driver_capabilities),
         "mig_monitor": plan.mig_monitor,
         "mig_config": plan.mig_config,
+        "imex_channels": list(plan.imex_channels),
+        "gated_families": list(plan.gated_families),
+        # beyond the contract's keys: the driver files (README "Driver files")
+        "driver_files": [{"kind": f.kind, "host_path": f.host_path,
+                          "container_path": f.container_path,
+                          "options": list(mount_options(f.kind))} for f in plan.driver_files],
+        "symlinks": [{"kind": s.kind, "path": s.path, "target": s.target}
+                     for s in plan.symlinks],
+        "update_ldcache": plan.update_ldcache,
+        "proc_driver_gpus": list(plan.proc_driver_gpus),
     }
 
 
@@ -53,10 +63,26 @@ def render_text(plan: Plan) -> str:
                        f"nodes {', '.join(d.capability_nodes)}")
     out.append(f"mig monitor: {'granted' if plan.mig_monitor else 'not granted'}; "
                f"mig config: {'granted' if plan.mig_config else 'not granted'}")
+    if plan.imex_channels:
+        out.append("imex channels: " + ", ".join(str(c) for c in plan.imex_channels))
+    if plan.gated_families:
+        out.append("gated families: " + ", ".join(plan.gated_families))
     for n in plan.device_nodes:
         out.append(f"node: {n.path} {n.type} {n.major}:{n.minor} mode {n.file_mode:04o}")
     for r in plan.cgroup_rules:
         out.append(f"cgroup: allow {r.type} {r.major}:{r.minor} {r.access}")
+    for f in plan.driver_files:
+        where = (f"<{f.kind} dir>/{f.container_path}" if f.kind in ("library", "library32")
+                 else f.container_path)
+        out.append(f"driver file: {f.kind} {where} <- {f.host_path} "
+                   f"({','.join(mount_options(f.kind))})")
+    for link in plan.symlinks:
+        where = f"<{link.kind} dir>/{link.path}" if link.kind != "abs" else link.path
+        out.append(f"symlink: {where} -> {link.target}")
+    if plan.update_ldcache:
+        out.append("ld cache: rebuilt in the container by the host's ldconfig")
+    if plan.proc_driver_gpus:
+        out.append("/proc/driver/nvidia: a view with only " + ", ".join(plan.proc_driver_gpus))
     for k, v in plan.env:
         out.append(f"env: {k}={v}")
     for note in plan.notes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gpuhook.errors import InputError
 from gpuhook.limits import MAX_SPEC_BYTES, MAX_STATE_BYTES
@@ -15,6 +15,7 @@ __all__ = ["MAX_SPEC_BYTES", "MAX_STATE_BYTES", "SpecView", "State", "parse_spec
 
 MAX_ENV_ENTRIES = 65536
 MAX_MOUNTS = 16384
+MAX_ANNOTATIONS = 16384
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class SpecView:
     capabilities: frozenset[str]  # bounding set (flat list for ociVersion 1.0.0-rc1..rc5)
     root_path: str | None
     has_capabilities: bool
+    # The spec's string-valued annotations (containerd passes the allow-listed pod and container
+    # annotations here; the device plugin's CDI requests arrive as container annotations).
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,8 @@ def spec_view(spec: object, what: str = "config.json") -> SpecView:
     if "root" in top:
         root = _obj(top["root"], f"{what}: root")
         root_path = _opt_str(root, "path", f"{what}: root")
-    return SpecView(oci, env, mounts, caps, root_path, has_caps)
+    return SpecView(oci, env, mounts, caps, root_path, has_caps,
+                    _annotations(top.get("annotations"), f"{what}: annotations"))
 
 
 def parse_state(data: bytes, what: str = "hook state (stdin)") -> State:
@@ -173,6 +178,21 @@ def _mount(raw: object, what: str) -> Mount:
     if not dest:
         raise InputError(f"{what}: missing destination")
     return Mount(dest, _opt_str(m, "source", what), _opt_str(m, "type", what))
+
+
+def _annotations(raw: object, what: str) -> dict[str, str]:
+    """The string-valued annotations (the runtime spec defines no other kind), bounded."""
+    if raw is None:
+        return {}
+    obj = _obj(raw, what)
+    if len(obj) > MAX_ANNOTATIONS:
+        raise InputError(f"{what}: {len(obj)} entries, more than {MAX_ANNOTATIONS}")
+    out: dict[str, str] = {}
+    for key, value in obj.items():
+        if isinstance(value, str):
+            _no_nul(key + value, f"{what}[{key[:60]!r}]")
+            out[key] = value
+    return out
 
 
 def _kind(value: object) -> str:

@@ -7,8 +7,10 @@ same directory the hook sees at the bundle path; a runtime that pivots before th
 it as the init process's root, which is used then.
 
 Order, so that a failure leaves no widened access: find the cgroup first (reads only), then
-create the nodes (a node without a cgroup rule opens nothing: EPERM), then allow the devices.
-If allowing fails, the nodes this call created are removed again and ApplyError is raised.
+create the nodes (a node without a cgroup rule opens nothing: EPERM), then the driver files
+(mounts, links, ld cache, /proc view: gpuhook.enforce.driver, only when the plan has them),
+then allow the devices. If a later step fails, what the earlier ones did is undone and
+ApplyError is raised.
 """
 
 from __future__ import annotations
@@ -22,24 +24,42 @@ from gpuhook.enforce import cgroup, nodes, ns
 from gpuhook.errors import ApplyError
 
 
-def apply_plan(plan: Plan, pid: int, rootfs: str) -> list[str]:
+def apply_plan(plan: Plan, pid: int, rootfs: str, *, host_root: str = "/",
+               ldconfig: str = "/sbin/ldconfig") -> list[str]:
     """Apply `plan` to the container whose init is `pid`; return what was done, for the log.
-    Raises ApplyError, leaving no widened access behind."""
+    Raises ApplyError, leaving no widened access behind. `host_root` and `ldconfig` are the
+    config keys the driver files step reads (the /proc/driver/nvidia source, the ldconfig to
+    run)."""
     if plan.empty:
         return []
-    return apply_to(plan, pid, rootfs, cgroup.find_device_cgroup(pid))
+    return apply_to(plan, pid, rootfs, cgroup.find_device_cgroup(pid), host_root=host_root,
+                    ldconfig=ldconfig)
 
 
-def apply_to(plan: Plan, pid: int, rootfs: str, target: cgroup.DeviceCgroup) -> list[str]:
+def apply_to(plan: Plan, pid: int, rootfs: str, target: cgroup.DeviceCgroup, *,
+             host_root: str = "/", ldconfig: str = "/sbin/ldconfig") -> list[str]:
     """`apply_plan` with the device cgroup already found (tests pass a temporary one)."""
     report = _create_nodes(pid, rootfs, plan)
     done = [f"node {p}: created" for p in report.created if p not in report.replaced]
     done += [f"node {p}: replaced" for p in report.replaced]
     done += [f"node {p}: already present" for p in report.kept]
+    driver_report = None
     try:
+        if plan.driver_files or plan.symlinks or plan.update_ldcache or plan.proc_driver_gpus:
+            from gpuhook.enforce import driver
+
+            root = _Rootfs(pid, rootfs)
+            try:
+                driver_report = driver.apply_driver(plan, pid, rootfs, host_root=host_root,
+                                                    ldconfig_path=ldconfig,
+                                                    open_root=root.open_in_ns)
+            finally:
+                root.close()
+            done += driver_report.lines()
         done += allow_devices(target, plan.cgroup_rules)
     except ApplyError as e:
-        undo_failed = _remove_nodes(pid, rootfs, report)
+        undo_failed = _undo_driver(pid, rootfs, driver_report)
+        undo_failed += _remove_nodes(pid, rootfs, report)
         if undo_failed:
             raise ApplyError(f"{e}; could not remove the nodes created before: "
                              f"{', '.join(undo_failed)}") from None
@@ -98,6 +118,21 @@ def _create_nodes(pid: int, rootfs: str, plan: Plan) -> nodes.NodeReport:
     finally:
         root.close()
     return nodes.NodeReport.from_json(data)
+
+
+def _undo_driver(pid: int, rootfs: str, report: Any) -> list[str]:
+    if report is None:
+        return []
+    from gpuhook.enforce import driver
+
+    try:
+        root = _Rootfs(pid, rootfs)
+    except ApplyError:
+        return list(report.mounts)
+    try:
+        return driver.undo_driver(report, pid, rootfs, open_root=root.open_in_ns)
+    finally:
+        root.close()
 
 
 def _remove_nodes(pid: int, rootfs: str, report: nodes.NodeReport) -> list[str]:

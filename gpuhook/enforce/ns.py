@@ -12,7 +12,7 @@ import ctypes
 import errno
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gpuhook.errors import ApplyError
@@ -40,9 +40,11 @@ def setns(fd: int, nstype: int) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
-def run_in_mount_ns(pid: int, work: Callable[[], Any]) -> Any:
-    """Run `work()` in a child that has joined the mount namespace of `pid`; return its
-    JSON-serialisable result. Raises NamespaceWorkError with the child's error text."""
+def run_in_mount_ns(pid: int, work: Callable[[], Any],
+                    caps: Sequence[str] = CHILD_CAPS) -> Any:
+    """Run `work()` in a child that has joined the mount namespace of `pid`, holding only the
+    capabilities `caps`; return its JSON-serialisable result. Raises NamespaceWorkError with
+    the child's error text."""
     path = f"/proc/{pid}/ns/mnt"
     try:
         ns_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -50,24 +52,25 @@ def run_in_mount_ns(pid: int, work: Callable[[], Any]) -> Any:
         raise NamespaceWorkError(f"cannot open {path}: {e.strerror} (did the container exit?)",
                                  e.errno) from None
     try:
-        return _fork_and_run(ns_fd, work)
+        return _fork_and_run(ns_fd, work, caps)
     finally:
         os.close(ns_fd)
 
 
-def run_forked(work: Callable[[], Any]) -> Any:
-    """Run `work()` in a forked child without changing namespace (for tests)."""
-    return _fork_and_run(None, work)
+def run_forked(work: Callable[[], Any], caps: Sequence[str] = CHILD_CAPS) -> Any:
+    """Run `work()` in a forked child without changing namespace (tests; the createContainer
+    hook, which runc already runs in the container's namespaces)."""
+    return _fork_and_run(None, work, caps)
 
 
-def _fork_and_run(ns_fd: int | None, work: Callable[[], Any]) -> Any:
+def _fork_and_run(ns_fd: int | None, work: Callable[[], Any], caps: Sequence[str]) -> Any:
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: never return into the caller's stack
         code = 0
         try:
             os.close(r)
-            reply = _child(ns_fd, work)
+            reply = _child(ns_fd, work, caps)
             data = json.dumps(reply).encode()
             view = memoryview(data)
             while view:
@@ -108,7 +111,7 @@ def _fork_and_run(ns_fd: int | None, work: Callable[[], Any]) -> Any:
     return answer["ok"]
 
 
-def _child(ns_fd: int | None, work: Callable[[], Any]) -> dict[str, Any]:
+def _child(ns_fd: int | None, work: Callable[[], Any], caps: Sequence[str]) -> dict[str, Any]:
     try:
         import signal
 
@@ -119,8 +122,8 @@ def _child(ns_fd: int | None, work: Callable[[], Any]) -> dict[str, Any]:
             setns(ns_fd, CLONE_NEWNS)
         # Inside the container's file system, hold only what the work needs.
         prctl.set_no_new_privs(1)
-        prctl.cap_effective.limit(*CHILD_CAPS)
-        prctl.cap_permitted.limit(*CHILD_CAPS)
+        prctl.cap_effective.limit(*caps)
+        prctl.cap_permitted.limit(*caps)
         return {"ok": work()}
     except OSError as e:
         text = e.strerror or errno.errorcode.get(e.errno or 0, "error")

@@ -457,3 +457,78 @@ def _containerd_remove(doc: tomlkit.TOMLDocument, opts: Options, drop_in: str, v
     if out.endswith("\n\n") and not (bdoc is not None and bdoc.as_string().endswith("\n\n")):
         out = out.rstrip("\n") + "\n"
     return out
+
+
+# --- CDI annotations: who may write them ---------------------------------------------------------
+# containerd's CRI plugin copies a pod's annotations into every container's spec when the runtime's
+# `pod_annotations` allow-list matches them, and the container's own (the kubelet's, which hold the
+# device plugin's `cdi.k8s.io/` annotations) when `container_annotations` does. Each pattern is
+# matched with Go's path.Match (containerd v1.6.20 pkg/cri/server/helpers.go,
+# getPassthroughAnnotations). A pod author writes pod annotations: if they reach the spec under the
+# CDI prefix, they read as the device plugin's and gpuhook would serve them.
+
+CDI_PROBE_KEY = "cdi.k8s.io/nvidia-device-plugin_0"
+
+
+def go_path_match(pattern: str, name: str) -> bool:
+    """Go's path.Match: `*` and `?` never match '/', `[...]` classes (`^` negates), `\\`
+    escapes. A malformed pattern matches nothing (path.Match returns ErrBadPattern, which
+    containerd ignores)."""
+    regex: list[str] = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            regex.append("[^/]*")
+        elif c == "?":
+            regex.append("[^/]")
+        elif c == "\\":
+            i += 1
+            if i == len(pattern):
+                return False
+            regex.append(re.escape(pattern[i]))
+        elif c == "[":
+            end = pattern.find("]", i + 2 if pattern[i + 1:i + 2] == "^" else i + 1)
+            if end < 0:
+                return False
+            body = pattern[i + 1:end]
+            negate = body.startswith("^")
+            if negate:
+                body = body[1:]
+            if not body:
+                return False
+            cls = "".join("\\" + ch if ch in "\\]^[" else ch for ch in body)
+            regex.append(f"[{'^' if negate else ''}{cls}]")
+            i = end
+        else:
+            regex.append(re.escape(c))
+        i += 1
+    return re.fullmatch("".join(regex), name) is not None
+
+
+def cdi_annotation_warnings(text: str, runtime_name: str) -> list[str]:
+    """Warnings for a containerd config (main file or drop-in text) whose runtime
+    `runtime_name` lets pod annotations with the CDI prefix into a container's spec (its
+    `pod_annotations`). For `gpuhook install` and `gpuhook doctor`; [] when the runtime is not
+    in this text."""
+    import tomllib
+
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return []
+    version = doc.get("version", 1)
+    if version not in (1, 2, 3):
+        return []
+    table = _get(doc, [*cri_path(int(version)), "runtimes", runtime_name])
+    if not isinstance(table, dict):
+        return []
+    out: list[str] = []
+    pods = table.get("pod_annotations") or []
+    bad = [p for p in pods if isinstance(p, str) and go_path_match(p, CDI_PROBE_KEY)]
+    if bad:
+        out.append(f"runtime {runtime_name!r}: pod_annotations {bad!r} lets pod authors write "
+                   "cdi.k8s.io/ annotations into the container spec, which gpuhook serves as "
+                   "the device plugin's CDI requests: remove those patterns (only "
+                   "container_annotations should pass cdi.k8s.io/*)")
+    return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gpuhook.config import Config
+from gpuhook.decide.facts import DriverFacts
 from gpuhook.inventory.model import Inventory
 
 NVML = "nvml"
@@ -27,16 +28,27 @@ def load_for_plan(config: Config, read: Callable[[Config], Inventory] | None = N
                   ) -> tuple[Inventory, str, dict[str, int] | None]:
     """Also mig-minors as the fresh snapshot parsed them (its key holds the file verbatim, so
     they are the host's now); None: the plan must read the host's mig-minors itself."""
-    from gpuhook.inventory.snapshot import StaleSnapshot, fresh_snapshot
+    inventory, note, minors, _ = load_with_driver(config, read)
+    return inventory, note, minors
+
+
+def load_with_driver(config: Config, read: Callable[[Config], Inventory] | None = None,
+                     ) -> tuple[Inventory, str, dict[str, int] | None, DriverFacts | None]:
+    """load_for_plan plus the snapshot's driver files when they are fresh too (None: the
+    caller discovers them live; the note says why)."""
+    from gpuhook.inventory.snapshot import StaleSnapshot, fresh_snapshot_driver
 
     try:
-        inventory, minors = fresh_snapshot(config)
+        inventory, minors, driver, why_not = fresh_snapshot_driver(config)
     except StaleSnapshot as e:
         why = str(e)
     else:
-        return inventory, f"inventory: fresh snapshot {config.inventory_cache}", minors
+        note = f"inventory: fresh snapshot {config.inventory_cache}"
+        if config.driver_files and driver is None:
+            note += f"; driver files discovered live ({why_not})"
+        return inventory, note, minors, driver
     return ((read or read_backend)(config),
-            f"inventory: read {_backend_name(config)} ({why})", None)
+            f"inventory: read {_backend_name(config)} ({why})", None, None)
 
 
 def read_backend(config: Config) -> Inventory:

@@ -41,6 +41,7 @@ import time
 from typing import Any
 
 from gpuhook.config import Config
+from gpuhook.decide.facts import DriverFacts
 from gpuhook.errors import GpuhookError, HostError
 from gpuhook.host.proc import (
     CAPABILITIES_DIR,
@@ -50,6 +51,7 @@ from gpuhook.host.proc import (
     parse_mig_minors,
     parse_proc_devices,
 )
+from gpuhook.inventory.driver_snapshot import driver_record, fresh_driver
 from gpuhook.inventory.model import Inventory
 
 FORMAT = "gpuhook-inventory-snapshot/1"
@@ -210,6 +212,8 @@ def build_snapshot(config: Config, read_backend: Any) -> dict[str, Any]:
         "majors": {name: devices[name] for name in ("nvidia-frontend", "nvidia", "nvidia-uvm",
                                                      "nvidia-caps") if name in devices},
         "mig_minors": minors,
+        **({"driver": driver_record(config, inventory.driver_version)}
+           if config.driver_files else {}),
     }
 
 
@@ -306,6 +310,21 @@ def fresh_snapshot(config: Config) -> tuple[Inventory, dict[str, int] | None]:
     """(inventory, mig-minors as parsed at refresh, None when the host had none) when the
     snapshot is trustworthy and its key (which holds mig-minors verbatim) matches the host now;
     StaleSnapshot naming the first reason otherwise."""
+    inventory, minors, _ = fresh_snapshot_doc(config)
+    return inventory, minors
+
+
+def fresh_snapshot_driver(config: Config
+                          ) -> tuple[Inventory, dict[str, int] | None, DriverFacts | None, str]:
+    """fresh_snapshot plus the driver facts when their own key matches the host now (else None
+    and why): see driver_snapshot.py."""
+    inventory, minors, doc = fresh_snapshot_doc(config)
+    facts, why = fresh_driver(doc.get("driver"), config, inventory.driver_version)
+    return inventory, minors, facts, why
+
+
+def fresh_snapshot_doc(config: Config
+                       ) -> tuple[Inventory, dict[str, int] | None, dict[str, Any]]:
     path = config.inventory_cache
     doc = read_snapshot(path)
     recorded = doc.get("key")
@@ -325,12 +344,12 @@ def fresh_snapshot(config: Config) -> tuple[Inventory, dict[str, int] | None]:
     except GpuhookError as e:
         raise StaleSnapshot(str(e)) from None
     if current["files"][MIG_MINORS] is None:
-        return inventory, None
+        return inventory, None, doc
     minors = doc.get("mig_minors")
     if not isinstance(minors, dict) or not all(
             type(v) is int and v >= 0 for v in minors.values()):
         raise StaleSnapshot(f"{path}: mig_minors must map names to minors")
-    return inventory, minors
+    return inventory, minors, doc
 
 
 def _describe(key: str, was: object, now: object) -> str:

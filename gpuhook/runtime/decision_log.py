@@ -37,5 +37,6 @@ def plan_record(plan: Plan, env: Mapping[str, str]) -> dict[str, Any]:
     summary = plan_json(plan)
     return {"decision": "empty" if plan.empty else "apply", "source": plan.source,
             "device_ids": summary["device_ids"], "ignored": summary["ignored"],
-            "devices": summary["devices"], "notes": list(plan.notes),
+            "devices": summary["devices"], "imex_channels": summary["imex_channels"],
+            "gated_families": summary["gated_families"], "notes": list(plan.notes),
             "nvidia_env": loggable_env(env)}

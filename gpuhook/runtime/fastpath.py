@@ -51,11 +51,12 @@ def loads(data: bytes) -> object:
 def might_request(spec: object, roots: "tuple[str, ...]" = (DEFAULT_VOLUME_MOUNT_ROOT,)) -> bool:
     """False only when no config could make this spec request anything: no /dev/null mount
     under one of `roots` (a device-plugin id or MIG capability: the default root and the
-    configured one, see early.py) and no NVIDIA_* or CUDA_VERSION env entry.
-    Anything unexpected answers True, so the full, validating path decides. Paths are compared
-    as the toolkit does, cleaned (`/dev/./null`, `//var/run/...`): any source that cleans to
-    /dev/null has a `null` component, so containing "null" is the cheap, safe test, and the
-    destination is compared with its empty and `.` components dropped."""
+    configured one, see early.py), no NVIDIA_* or CUDA_VERSION env entry and no cdi.k8s.io/
+    annotation (the device plugin's CDI requests). Anything unexpected answers True, so the
+    full, validating path decides. Paths are compared as the toolkit does, cleaned
+    (`/dev/./null`, `//var/run/...`): any source that cleans to /dev/null has a `null`
+    component, so containing "null" is the cheap, safe test, and the destination is compared
+    with its empty and `.` components dropped."""
     if not isinstance(spec, dict):
         return True
     mounts = spec.get("mounts") or []
@@ -81,7 +82,10 @@ def might_request(spec: object, roots: "tuple[str, ...]" = (DEFAULT_VOLUME_MOUNT
     for item in env:
         if not isinstance(item, str) or item.startswith(("NVIDIA_", "CUDA_VERSION=")):
             return True
-    return False
+    annotations = spec.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        return True
+    return any(not isinstance(k, str) or k.startswith("cdi.k8s.io/") for k in annotations)
 
 
 def _clean(path: str) -> str:

@@ -7,9 +7,12 @@ asks for nothing costs no NVML and no YAML.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from gpuhook.config import Config
-from gpuhook.decide.facts import Capability, HostInfo
+from gpuhook.decide.cdi_request import cdi_requests
+from gpuhook.decide.extras import ExtraFacts, extend_plan, extras_wanted
+from gpuhook.decide.facts import Capability, DriverFacts, HostInfo
 from gpuhook.decide.plan import Plan, build_plan, needed_capabilities, needs_host
 from gpuhook.decide.policy import decide
 from gpuhook.decide.request import extract_request
@@ -22,24 +25,50 @@ from gpuhook.host.proc import (
     read_majors,
     read_mig_minors,
 )
+from gpuhook.inventory.model import Inventory
 
 
 def plan_for_spec(spec: SpecView, config: Config) -> Plan:
+    # CDI names become plain ids here; IMEX channels and gated families join the GPU plan after.
+    spec, asked = cdi_requests(spec, config.volume_mount_root,
+                               config.accept_nvidia_visible_devices_as_volume_mounts)
+    plan = gpu_plan(spec, config)
+    if not (asked.anything or asked.ignored or asked.notes):
+        return plan
+    wanted = extras_wanted(plan, asked, config)
+    facts = ExtraFacts()
+    if wanted.host_facts_needed:
+        from gpuhook.host.devnodes import read_extra_facts
+
+        facts = read_extra_facts(HostPaths(config.host_root), bool(wanted.channels),
+                                 wanted.families)
+    return extend_plan(plan, asked, wanted, facts)
+
+
+def gpu_plan(spec: SpecView, config: Config) -> Plan:
+    """The GPU part: request, policy, resolve, plan (CDI names already turned into ids)."""
     decision = decide(extract_request(spec, config.volume_mount_root), config)
     devices: tuple[Resolved, ...] = ()
     notes: list[str] = []
     minors: Mapping[str, int] | None = None
-    if decision.device_ids or decision.requirements:
-        from gpuhook.inventory.load import load_for_plan
+    inv: Inventory | None = None
+    snapshot_driver: DriverFacts | None = None
+    # Driver files need the driver version, so `none` (control nodes and the driver, no GPU)
+    # reads the inventory too; so does `none` with requirements (cuda and driver versions are
+    # still checked).
+    wants_driver = bool(decision.driver_capabilities) and config.driver_files
+    if decision.device_ids or decision.requirements or wants_driver:
+        from gpuhook.inventory.load import load_with_driver
 
-        # The snapshot if fresh (with its parsed mig-minors), else the backend; noted either way.
-        # `none` with requirements reads it too: cuda and driver versions are still checked.
-        inv, origin, minors = load_for_plan(config)
+        # The snapshot if fresh (with its parsed mig-minors and driver files), else the backend;
+        # noted either way.
+        inv, origin, minors, snapshot_driver = load_with_driver(config)
         notes.append(origin)
         notes.extend(check_requirements(decision.requirements, inv,
                                         with_devices=bool(decision.device_ids)))
-        if decision.device_ids:
-            devices = resolve(decision.device_ids, inv, config.allow_full_gpu_on_mig_enabled)
+    if decision.device_ids:
+        assert inv is not None
+        devices = resolve(decision.device_ids, inv, config.allow_full_gpu_on_mig_enabled)
     if not needs_host(decision, devices):
         return build_plan(decision, devices, None, tuple(notes))
     host = HostPaths(config.host_root)
@@ -52,4 +81,11 @@ def plan_for_spec(spec: SpecView, config: Config) -> Plan:
                             f"for {', '.join(names)}; is the driver MIG-capable?")
         caps = read_capabilities(host, names,
                                  read_mig_minors(host) if minors is None else minors)
-    return build_plan(decision, devices, HostInfo(majors, caps), tuple(notes))
+    info = HostInfo(majors, caps)
+    if wants_driver:
+        assert inv is not None
+        from gpuhook.host.driver import discover_driver, discover_sockets
+
+        facts = snapshot_driver or discover_driver(host, inv.driver_version)
+        info = replace(info, driver=facts, sockets=discover_sockets(host))
+    return build_plan(decision, devices, info, tuple(notes))

@@ -69,7 +69,8 @@ def _decide_and_apply(config: Config, problems: list[str], state_raw: bytes,
     from gpuhook.enforce import apply_plan
 
     try:
-        record["applied"] = apply_plan(plan, state.pid, rootfs)
+        record["applied"] = apply_plan(plan, state.pid, rootfs, host_root=config.host_root,
+                                       ldconfig=config.ldconfig)
     except ApplyError:
         record["decision"] = "apply-failed"
         raise

@@ -254,7 +254,10 @@ def prepare_bundle(path: str, raw: bytes, config: Config, record: dict[str, Any]
         edited = spec_edit.apply_hook(spec, plan, gpuhook_executable(),
                                       hook_args(config.source))
     else:
-        edited = spec_edit.apply_plan(spec, plan)
+        driver = None
+        if plan.driver_files:
+            driver = driver_edit(plan, spec, os.path.dirname(os.path.abspath(path)), config)
+        edited = spec_edit.apply_plan(spec, plan, driver)
     record["decision"] = "applied"
     if edited == spec:
         return "untouched"  # idempotent: already carries the plan; no rewrite
@@ -271,15 +274,47 @@ def prepare_bundle(path: str, raw: bytes, config: Config, record: dict[str, Any]
     return "edited"
 
 
-def hook_args(config_source: str) -> tuple[str, ...]:
+def driver_edit(plan: Any, spec: dict[str, Any], bundle: str, config: Config) -> Any:
+    """Spec mode's DriverEdit: the rootfs's library dir (decided from the rootfs runc is about to
+    use, no link in it followed) and the createContainer hook's command line."""
+    from gpuhook.enforce.libdir import library_dir
+    from gpuhook.errors import InputError
+    from gpuhook.runtime.create_container import hook_args as create_container_args
+    from gpuhook.runtime.spec_edit import DriverEdit
+
+    root = spec.get("root")
+    rel = root.get("path") if isinstance(root, dict) else None
+    if not isinstance(rel, str) or not rel:
+        raise InputError(f"spec {bundle}/config.json: root.path is missing; driver files need "
+                         "the rootfs")
+    rootfs = rel if os.path.isabs(rel) else os.path.join(bundle, rel)
+    try:
+        fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise InputError(f"rootfs {rootfs}: {e.strerror}") from None
+    try:
+        libdir = library_dir(fd)
+    finally:
+        os.close(fd)
+    return DriverEdit(libdir, gpuhook_executable(),
+                      create_container_args(plan, _named_config(config.source)))
+
+
+def _named_config(config_source: str) -> str | None:
+    """The config a hook must be told about on its command line (it runs with a minimal
+    environment, so one found through $GPUHOOK_CONFIG would be lost); None for the system one."""
     from gpuhook.config import SYSTEM_CONFIG
+
+    if os.path.isfile(config_source) and os.path.abspath(config_source) != SYSTEM_CONFIG:
+        return os.path.abspath(config_source)
+    return None
+
+
+def hook_args(config_source: str) -> tuple[str, ...]:
     from gpuhook.runtime.spec_edit import HOOK_ARGS
 
-    # The hook runs with a minimal environment: a config found through $GPUHOOK_CONFIG must be
-    # named on its command line.
-    if os.path.isfile(config_source) and os.path.abspath(config_source) != SYSTEM_CONFIG:
-        return (*HOOK_ARGS, "--config", os.path.abspath(config_source))
-    return HOOK_ARGS
+    named = _named_config(config_source)
+    return HOOK_ARGS if named is None else (*HOOK_ARGS, "--config", named)
 
 
 def gpuhook_executable(argv0: str | None = None) -> str:

@@ -14,19 +14,37 @@ Spec mode (the runtime shim's default) writes what runc itself then enforces:
 The rules are appended after every existing rule: runc evaluates them in order and the last match
 wins, so a deny-all written earlier by the engine stays in force for everything else.
 
+- `mounts`: the Plan's driver files as read-only bind mounts (options: plan.mount_options),
+  libraries in the rootfs's library dir (enforce/libdir.py, decided by the shim from the rootfs
+  before runc runs), and a `createContainer` hook `gpuhook hook create-container` for the
+  symlinks, the ld cache and the /proc/driver/nvidia view. The hook entry always carries an
+  explicit `env`: without one runc gives a hook the container's environment (CVE-2025-23266).
+
 Hook mode adds a prestart hook running `gpuhook hook prestart` instead.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
-from gpuhook.decide.plan import Plan
+from gpuhook.decide.plan import Plan, mount_options
+from gpuhook.enforce.libdir import LibDir, destination
 from gpuhook.errors import InputError
 
 HOOK_ARGS = ("gpuhook", "hook", "prestart")
 HOOK_ENV = ("PATH=/usr/sbin:/usr/bin:/sbin:/bin",)
+CREATE_CONTAINER_ARGS = ("gpuhook", "hook", "create-container")
+
+
+@dataclass(frozen=True)
+class DriverEdit:
+    """What spec mode needs beyond the Plan to write its driver files."""
+
+    libdir: LibDir  # from the rootfs (enforce.libdir.library_dir)
+    hook_path: str  # the gpuhook executable
+    hook_args: tuple[str, ...]  # gpuhook hook create-container ... (runtime.create_container)
 
 JsonObj = dict[str, Any]
 
@@ -35,8 +53,9 @@ class SpecShapeError(InputError):
     """A field gpuhook must edit has a shape it cannot edit without losing data."""
 
 
-def apply_plan(spec: JsonObj, plan: Plan) -> JsonObj:
-    """Spec mode: the plan's device nodes, cgroup allow rules and env, written into a copy."""
+def apply_plan(spec: JsonObj, plan: Plan, driver: DriverEdit | None = None) -> JsonObj:
+    """Spec mode: the plan's device nodes, cgroup allow rules and env, written into a copy;
+    with driver files also their mounts and the createContainer hook (`driver` required)."""
     out = copy.deepcopy(spec)
     if plan.empty and not plan.env and not plan.mounts:
         return out
@@ -65,7 +84,31 @@ def apply_plan(spec: JsonObj, plan: Plan) -> JsonObj:
                  "options": list(m.options)}
         if entry not in mounts:
             mounts.append(entry)
+    if plan.driver_files or plan.symlinks or plan.update_ldcache or plan.proc_driver_gpus:
+        if driver is None:
+            raise ValueError("apply_plan: the plan has driver files but no DriverEdit was given")
+        _add_driver(out, plan, driver)
     return out
+
+
+def _add_driver(spec: JsonObj, plan: Plan, driver: DriverEdit) -> None:
+    mounts = _list(spec, "mounts", "mounts")
+    for f in plan.driver_files:
+        entry = {"destination": destination(f, driver.libdir), "type": "bind",
+                 "source": f.host_path, "options": list(mount_options(f.kind))}
+        if entry not in mounts:
+            mounts.append(entry)
+    hooks = _table(spec, "hooks", "hooks")
+    create = _list(hooks, "createContainer", "hooks.createContainer")
+    wanted = {"path": driver.hook_path, "args": list(driver.hook_args), "env": list(HOOK_ENV)}
+    # One entry of ours: an earlier one (same executable, same command) is replaced in place.
+    for i, h in enumerate(create):
+        if (isinstance(h, dict) and h.get("path") == driver.hook_path
+                and isinstance(h.get("args"), list)
+                and h["args"][:3] == list(CREATE_CONTAINER_ARGS)):
+            create[i] = wanted
+            return
+    create.append(wanted)
 
 
 def apply_hook(spec: JsonObj, plan: Plan, hook_path: str,

@@ -214,6 +214,6 @@ def write_fake_node_config(path: Path, log: Path, mode: str | None = None) -> Pa
     path.write_text(
         f'inventory = "{INVENTORIES / "8xa100-mig.yaml"}"\n'
         f'host-root = "{HOSTS / "8xa100-mig"}"\n'
-        f'log-file = "{log}"\n' + (f'mode = "{mode}"\n' if mode else "")
+        f'log-file = "{log}"\ndriver-files = false\n' + (f'mode = "{mode}"\n' if mode else "")
     )
     return path

@@ -131,6 +131,7 @@ def write_config(path: Path, *, fake: str = "8xa100-mig", log_file: Path | str,
         "inventory": str(fake_root / "inventories" / f"{fake}.yaml"),
         "host-root": str(fake_root / "hosts" / fake),
         "log-file": str(log_file),
+        "driver-files": False,  # the shipped fake hosts have no driver (tests/fakedriver has)
     }
     keys.update(extra or {})
     path.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in keys.items()))

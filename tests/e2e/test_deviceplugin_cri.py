@@ -209,13 +209,12 @@ CASES = [
      ("volume-mounts-index-1gpu",), (), True, _privileged(GPU2)),
     ("volume mounts win over the pod's own NVIDIA_VISIBLE_DEVICES=all",
      ("volume-mounts-uuid-1gpu",), POD_ALL, False, GPU2),
-    ("an IMEX channel mount beside GPU 2 grants GPU 2 only (channels: issue 15)",
-     ("volume-mounts-imex-uuid-1gpu",), (), False, GPU2),
     ("the marker without mounts grants nothing and starts", (), POD_MARKER, False, NOTHING),
     ("the marker without mounts grants nothing to a privileged container", (), POD_MARKER, True,
      _privileged(NOTHING)),
-    # TODO(issue 15): serve CDI. Today the plugin sends no env and containerd 1.6 passes no
-    # cdi.k8s.io annotation into the spec: the image's all is left, ignored when unprivileged.
+    # CDI: the plugin sends no env and containerd 1.6 passes no cdi.k8s.io annotation into the
+    # spec unless the runtime's container_annotations lists it (served then:
+    # test_cdi_containerd.py): the image's all is left, ignored when unprivileged.
     ("cdi-annotations grant nothing to an unprivileged container yet",
      ("cdi-annotations-uuid-1gpu",), (), False, NOTHING),
     ("cdi-annotations leave a privileged container its image's all",
@@ -238,6 +237,23 @@ def test_device_plugin_allocation_through_cri(
         assert mine and all(r.get("decision") == "empty" for r in mine), mine
         reasons = [i["reason"] for r in mine for i in r.get("ignored", [])]
         assert any(x.startswith("device-plugin marker without mounts") for x in reasons), mine
+
+
+def test_an_imex_channel_the_node_lacks_stops_the_start_naming_it(pod: Pod) -> None:
+    """The plugin's imex/0 mount on this fake node, which has no IMEX channel: gpuhook creates
+    no host node, so the start fails closed with the channels that exist (issue 15; a node with
+    the channel grants it: test_imex_gated_runc.py, test_deviceplugin_inputs.py)."""
+    import grpc
+
+    name = f"imex-{os.getpid()}"
+    with pytest.raises(grpc.RpcError) as info:
+        cid = _create(pod, name, ("volume-mounts-imex-uuid-1gpu",), (), False,
+                      ["sh", "-c", "echo started"])
+        try:
+            pod.cri.start_container(cid)
+        finally:
+            pod.cri.remove_container(cid)
+    assert "IMEX channel 0" in str(info.value.details()), info.value.details()
 
 
 def test_containerd_writes_the_merge_the_unit_tests_assume(pod: Pod) -> None:

@@ -39,6 +39,8 @@ def spec(env: Iterable[str] = (), ids: Iterable[str] = (), privileged: bool = Fa
 
 
 def config(inventory: str = MIG8, host_root: str = MIG8_HOST, **kw: Any) -> Config:
+    # The shipped fake hosts have no driver user-space (tests/fakedriver builds one).
+    kw.setdefault("driver_files", False)
     return Config(inventory=inventory, host_root=host_root, log_file="/dev/null", **kw)
 
 

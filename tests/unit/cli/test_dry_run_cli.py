@@ -12,18 +12,24 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO
+from tests.fakedriver.build import FakeHost
 from tests.unit.specs import MIG8, MIG8_HOST, spec
 
 GPUHOOK = [sys.executable, "-m", "gpuhook"]
+# Keys beyond the contract's: the driver files (README "Driver files").
+DRIVER_KEYS = {"driver_files", "symlinks", "update_ldcache", "proc_driver_gpus"}
+# The shipped defaults, but no driver files: the shipped fake hosts have no driver user-space.
+NO_DRIVER_CONFIG = REPO / "tests" / "data" / "no-driver-files.toml"
 CONTRACT_KEYS = {"privileged", "source", "device_ids", "ignored", "devices", "device_nodes",
                  "cgroup_rules", "driver_capabilities", "mig_monitor", "mig_config"}
+CDI_KEYS = {"imex_channels", "gated_families"}  # issue 15
 
 
 def dry_run(bundle: Path, *args: str, env: dict[str, str] | None = None
             ) -> subprocess.CompletedProcess[str]:
     base = {"PATH": os.environ["PATH"], "GPUHOOK_CONFIG": "/nonexistent-use-flags"}
     cmd = [*GPUHOOK, "dry-run", str(bundle), "--inventory", MIG8, "--host-root", MIG8_HOST,
-           "--config", str(REPO / "config" / "config.toml"), *args]
+           "--config", str(NO_DRIVER_CONFIG), *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env or base, check=False,
                           cwd=REPO)
 
@@ -51,7 +57,7 @@ def test_json_is_exactly_one_contract_object(tmp_path: Path) -> None:
     r = dry_run(bundle_with(tmp_path, spec(ids=["1:0", "3"])), "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert set(out) == CONTRACT_KEYS
+    assert set(out) == CONTRACT_KEYS | DRIVER_KEYS | CDI_KEYS
     assert out["source"] == "volume-mounts"
     assert out["device_ids"] == ["1:0", "3"]
     assert out["devices"][0] == {"kind": "mig", "index": "1:0", "uuid": out["devices"][0]["uuid"],
@@ -82,7 +88,7 @@ def test_unknown_id_exits_one_with_json_error(tmp_path: Path) -> None:
 
 def test_policy_fail_exits_one(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
-    cfg.write_text('unprivileged-envvar-action = "fail"\n')
+    cfg.write_text('unprivileged-envvar-action = "fail"\ndriver-files = false\n')
     b = bundle_with(tmp_path / "b", spec(env=["NVIDIA_VISIBLE_DEVICES=all"]))
     r = subprocess.run([*GPUHOOK, "dry-run", str(b), "--config", str(cfg), "--inventory", MIG8,
                         "--host-root", MIG8_HOST], capture_output=True, text=True, check=False)
@@ -92,7 +98,7 @@ def test_policy_fail_exits_one(tmp_path: Path) -> None:
 
 def test_config_from_environment_variable(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'inventory = "{MIG8}"\nhost-root = "{MIG8_HOST}"\n'
+    cfg.write_text(f'inventory = "{MIG8}"\nhost-root = "{MIG8_HOST}"\ndriver-files = false\n'
                    "accept-nvidia-visible-devices-envvar-when-unprivileged = true\n")
     b = bundle_with(tmp_path / "b", spec(env=["NVIDIA_VISIBLE_DEVICES=3"]))
     r = subprocess.run([*GPUHOOK, "dry-run", str(b), "--json"], capture_output=True, text=True,
@@ -268,3 +274,25 @@ def test_bad_inventory_exits_two(tmp_path: Path, yaml_text: str, fragment: str) 
                        env={"PATH": os.environ["PATH"]})
     assert r.returncode == 2, r.stderr
     assert fragment in r.stderr
+
+
+def test_dry_run_shows_the_driver_files_of_the_fake_driver(
+        tmp_path: Path, fake_driver_host: FakeHost) -> None:
+    b = bundle_with(tmp_path / "b", spec(ids=["0"]))
+    args = [*GPUHOOK, "dry-run", str(b), "--inventory", str(fake_driver_host.inventory),
+            "--host-root", str(fake_driver_host.root), "--config", str(REPO / "config" /
+                                                                   "config.toml")]
+    env = {"PATH": os.environ["PATH"]}
+    out = json.loads(subprocess.run([*args, "--json"], capture_output=True, text=True,
+                                    check=True, env=env).stdout)
+    libcuda = f"libcuda.so.{fake_driver_host.version}"
+    assert {"kind": "library", "host_path": str(fake_driver_host.lib64 / libcuda),
+            "container_path": libcuda, "options": ["bind", "ro", "nosuid", "nodev"]
+            } in out["driver_files"]
+    assert {"kind": "library", "path": "libcuda.so", "target": "libcuda.so.1"} in out["symlinks"]
+    assert out["update_ldcache"] is True
+    assert out["proc_driver_gpus"] == ["0000:00:1e.0"]
+    text = subprocess.run(args, capture_output=True, text=True, check=True, env=env).stdout
+    assert f"driver file: library <library dir>/{libcuda} <- " in text
+    assert "symlink: <library dir>/libcuda.so -> libcuda.so.1" in text
+    assert "driver file: binary /usr/bin/nvidia-smi <- " in text

@@ -6,11 +6,16 @@ inputs go through the real containerd in tests/e2e/test_deviceplugin_cri.py."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import stat
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
 from gpuhook.decide.plan import Plan
+from gpuhook.errors import HostError
 from gpuhook.inventory.fake import load_fake
 from gpuhook.runtime.fastpath import might_request
 from tests.kubelet_merge import (
@@ -23,7 +28,7 @@ from tests.kubelet_merge import (
     load_fixture,
     oci_spec,
 )
-from tests.unit.specs import MIG8, ROOT, plan
+from tests.unit.specs import MIG8, MIG8_HOST, ROOT, config, plan
 
 INV = load_fake(MIG8)
 GPU = {g.index: g for g in INV.gpus}
@@ -92,15 +97,13 @@ CASES = [
      "volume-mounts", [G2]),
     ("both list strategies end as volume mounts", ["envvar+volume-mounts-uuid-1gpu"], (), False,
      "volume-mounts", [G2]),
-    ("an IMEX channel mount is left for issue 15 and the GPU granted",
-     ["volume-mounts-imex-uuid-1gpu"], (), False, "volume-mounts", [G2]),
-    ("an IMEX channel env is left for issue 15 and the GPU granted",
-     ["envvar-imex-uuid-1gpu"], (), True, "envvar", [G2]),
     ("the marker without mounts grants nothing", [], POD_MARKER, False, "none", []),
     ("the marker without mounts grants nothing to a privileged container", [], POD_MARKER, True,
      "none", []),
-    # TODO(issue 15): CDI requests. Today: no env from the plugin, no annotation in the spec
-    # (containerd 1.6 passes none), so the image's NVIDIA_VISIBLE_DEVICES=all is what is left.
+    # CDI requests: no env from the plugin, and containerd 1.6 passes no container annotation
+    # into the spec unless its runtime's container_annotations lists cdi.k8s.io/* (then gpuhook
+    # serves them: tests/e2e/test_cdi_containerd.py, tests/unit/decide/test_cdi_request.py), so
+    # here the image's NVIDIA_VISIBLE_DEVICES=all is what is left.
     ("cdi-annotations grant nothing to an unprivileged container (issue 15)",
      ["cdi-annotations-uuid-1gpu"], (), False, "none", []),
     ("cdi-annotations leave a privileged container its image's all (issue 15)",
@@ -121,8 +124,48 @@ def test_device_plugin_response_through_kubelet_and_containerd(
     assert (p.source, granted(p)) == (source, want(uuids))
 
 
+# IMEX channels (issue 15): the plugin's channel 0, served from a host that has it.
+IMEX_CASES = [
+    ("an IMEX channel mount grants channel 0 and the GPU", "volume-mounts-imex-uuid-1gpu", False),
+    ("an IMEX channel env grants channel 0 and the GPU to a privileged container",
+     "envvar-imex-uuid-1gpu", True),
+]
+
+
+@pytest.fixture
+def imex_host(tmp_path: Path) -> Path:
+    """The shipped fake node plus the nvidia-caps-imex-channels major and channel 0's node."""
+    if os.geteuid() != 0:
+        pytest.skip("mknod of the fake IMEX channel needs root")
+    host = tmp_path / "host"
+    shutil.copytree(MIG8_HOST, host)
+    devices = host / "proc" / "devices"
+    devices.write_text(devices.read_text().replace(
+        "Character devices:\n", "Character devices:\n234 nvidia-caps-imex-channels\n"))
+    (host / "dev" / "nvidia-caps-imex-channels").mkdir(parents=True)
+    os.mknod(host / "dev" / "nvidia-caps-imex-channels" / "channel0", stat.S_IFCHR | 0o666,
+             os.makedev(234, 0))
+    return host
+
+
+@pytest.mark.parametrize(("fixture", "privileged"), [c[1:] for c in IMEX_CASES],
+                         ids=[c[0] for c in IMEX_CASES])
+def test_the_plugins_imex_channel_is_served(fixture: str, privileged: bool,
+                                            imex_host: Path) -> None:
+    cri = kubelet_container_config([load_fixture(fixture).response])
+    p = plan(oci_spec(CUDA_IMAGE_ENV, cri, privileged), config(host_root=str(imex_host)))
+    assert granted(p) == [G2]
+    assert p.imex_channels == (0,)
+
+
+def test_an_imex_channel_the_host_lacks_stops_the_container_naming_it() -> None:
+    cri = kubelet_container_config([load_fixture("volume-mounts-imex-uuid-1gpu").response])
+    with pytest.raises(HostError, match="IMEX channel 0"):
+        plan(oci_spec(CUDA_IMAGE_ENV, cri, False))
+
+
 def test_every_fixture_is_in_a_case() -> None:
-    used = {f for c in CASES for f in c[1]}
+    used = {f for c in CASES for f in c[1]} | {c[1] for c in IMEX_CASES}
     assert used == set(fixture_names())
 
 

@@ -125,21 +125,6 @@ def test_bad_mount_destinations_are_refused_not_trimmed(destination: str) -> Non
         plan(spec(mounts=[bad]))
 
 
-@pytest.mark.parametrize(
-    ("rel", "why"),
-    [
-        pytest.param("imex/channel0", "IMEX", id="imex channel is not a GPU id"),
-        pytest.param("cdi/nvidia.com/gpu/0", "CDI", id="cdi name is not a GPU id"),
-    ],
-)
-def test_non_gpu_entries_are_paths_not_ids(rel: str, why: str) -> None:
-    m = {"destination": f"/var/run/nvidia-container-devices/{rel}", "source": "/dev/null"}
-    p = plan(spec(mounts=[m]))
-    assert p.empty
-    assert [i.value for i in p.ignored] == [rel]
-    assert why in p.ignored[0].reason
-
-
 def test_mount_with_other_source_is_ignored() -> None:
     m = {"destination": "/var/run/nvidia-container-devices/3", "source": "/tmp/x"}
     p = plan(spec(mounts=[m]))

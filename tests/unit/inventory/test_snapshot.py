@@ -72,6 +72,7 @@ def node(tmp_path: Path) -> Node:
     yaml = tmp_path / "inventory.yaml"
     shutil.copy(INVENTORIES / "8xa100-mig.yaml", yaml)
     config = Config(inventory=str(yaml), host_root=str(host), log_file=str(tmp_path / "log"),
+                    driver_files=False,
                     inventory_cache=str(tmp_path / "run" / "gpuhook" / "inventory.json"))
     return Node(tmp_path, host, yaml, config)
 
@@ -427,7 +428,8 @@ def test_refresh_refuses_when_mig_changes_during_the_backend_read(node: Node) ->
 def _config_file(n: Node) -> str:
     path = n.tmp / "config.toml"
     path.write_text(f'inventory = "{n.yaml}"\nhost-root = "{n.host}"\n'
-                    f'log-file = "{n.tmp}/log"\ninventory-cache = "{n.cache}"\n')
+                    f'log-file = "{n.tmp}/log"\ninventory-cache = "{n.cache}"\n'
+                    "driver-files = false\n")
     return str(path)
 
 

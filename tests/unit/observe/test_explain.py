@@ -35,7 +35,9 @@ def log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     log = tmp / "decisions.log"
     config = tmp / "gpuhook.toml"
     config.write_text(f'inventory = "{specs.MIG8}"\nhost-root = "{specs.MIG8_HOST}"\n'
-                      f'log-file = "{log}"\nruntimes = ["{runtime}"]\n')
+                      f'log-file = "{log}"\nruntimes = ["{runtime}"]\n'
+                      # the shipped fake host has no driver user-space
+                      'driver-files = false\n')
     granted = gpu_spec("3")
     granted["annotations"] = CONTAINERD
     refused = gpu_spec("99")

@@ -261,7 +261,7 @@ def _hook_at_a_terminal(tmp_path: Path, *extra: str) -> tuple[int, Path]:
     log = tmp_path / "gpuhook.log"
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'inventory = "{specs.MIG8}"\nhost-root = "{specs.MIG8_HOST}"\n'
-                   f'log-file = "{log}"\n')
+                   f'log-file = "{log}"\ndriver-files = false\n')
     state = json.dumps({"ociVersion": "1.0.2", "id": "ctr-1", "pid": 999999999,
                         "bundle": str(bundle)})
     primary, secondary = pty.openpty()

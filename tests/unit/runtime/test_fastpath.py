@@ -81,6 +81,13 @@ def test_loads_refuses_what_json_refuses(data: bytes) -> None:
         pytest.param({"process": {"env": "oops"}}, True, id="odd env goes to the full path"),
         pytest.param({"mounts": []}, True, id="missing process goes to the full path"),
         pytest.param([], True, id="non-object goes to the full path"),
+        pytest.param({"process": {"env": []}, "annotations": {
+            "cdi.k8s.io/nvidia-device-plugin_x": "nvidia.com/gpu=0"}}, True,
+                     id="a CDI annotation may request"),
+        pytest.param({"process": {"env": []}, "annotations": {"io.kubernetes.pod.name": "p"}},
+                     False, id="other annotations cannot request"),
+        pytest.param({"process": {"env": []}, "annotations": "oops"}, True,
+                     id="odd annotations go to the full path"),
     ],
 )
 def test_might_request(spec: object, want: bool) -> None:

@@ -23,7 +23,8 @@ def run_hook(tmp_path: Path, s: dict[str, Any] | None, state: bytes | None = Non
         (bundle / "config.json").write_text(json.dumps(s))
     log = tmp_path / "gpuhook.log"
     cfg = tmp_path / "config.toml"
-    cfg.write_text(f'inventory = "{MIG8}"\nhost-root = "{MIG8_HOST}"\nlog-file = "{log}"\n')
+    cfg.write_text(f'inventory = "{MIG8}"\nhost-root = "{MIG8_HOST}"\nlog-file = "{log}"\n'
+                   "driver-files = false\n")
     if state is None:
         state = json.dumps({"ociVersion": "1.0.2", "id": "ctr-1", "pid": 1,
                             "bundle": str(bundle)}).encode()

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.fakedriver.build import FakeHost
 from tests.unit import specs
 
 BIN = Path(sys.executable).parent
@@ -57,7 +58,8 @@ class World:
 
     def write_config(self, **keys: Any) -> None:
         base = {"inventory": specs.MIG8, "host-root": specs.MIG8_HOST,
-                "log-file": str(self.log), "runtimes": [str(self.runtime)]}
+                "log-file": str(self.log), "runtimes": [str(self.runtime)],
+                "driver-files": False}
         base.update(keys)
         self.config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in base.items()))
 
@@ -367,3 +369,73 @@ def test_hook_mode_names_a_relative_gpuhook_config_absolutely(world: World) -> N
     assert world.shim("create", "-b", str(b), "c1", env=env).returncode == 7
     [hook] = json.loads((b / "config.json").read_text())["hooks"]["prestart"]
     assert hook["args"][3:] == ["--config", str(world.config)]
+
+
+# ---- spec mode with driver files (the fake driver, tests/fakedriver) ------------------------
+
+def _driver_world(world: World, host: FakeHost, rootfs_dirs: tuple[str, ...]) -> Path:
+    world.write_config(**{"inventory": str(host.inventory), "host-root": str(host.root),
+                          "driver-files": True})
+    s = specs.spec(ids=("0",), env=["NVIDIA_DRIVER_CAPABILITIES=compute,utility"])
+    b = world.bundle(s)
+    for d in rootfs_dirs:
+        (b / "rootfs" / d).mkdir(parents=True)
+    return b
+
+
+@pytest.mark.parametrize(("dirs", "libdir"), [
+    (("usr/lib/x86_64-linux-gnu",), "/usr/lib/x86_64-linux-gnu"),
+    (("usr/lib64",), "/usr/lib64"),
+], ids=["a_debian_rootfs_gets_the_multiarch_dir", "another_rootfs_gets_lib64"])
+def test_spec_mode_writes_driver_mounts_and_the_create_container_hook(
+        world: World, fake_driver_host: FakeHost, dirs: tuple[str, ...], libdir: str) -> None:
+    b = _driver_world(world, fake_driver_host, dirs)
+    plan = dry_run(b, world.config)
+    result = world.shim("create", "--bundle", str(b), "c1")
+    assert result.returncode == 7, result.stderr
+    spec = json.loads((b / "config.json").read_text())
+    ours = [m for m in spec["mounts"] if m["source"].startswith(str(fake_driver_host.root))]
+    want = []
+    for f in plan["driver_files"]:
+        where = (f"{libdir}/{f['container_path']}" if f["kind"] == "library"
+                 else f["container_path"])
+        want.append({"destination": where, "type": "bind", "source": f["host_path"],
+                     "options": f["options"]})
+    assert ours == want
+    ver = fake_driver_host.version
+    assert {"destination": f"{libdir}/libcuda.so.{ver}", "type": "bind",
+            "source": str(fake_driver_host.lib64 / f"libcuda.so.{ver}"),
+            "options": ["bind", "ro", "nosuid", "nodev"]} in ours
+    [hook] = spec["hooks"]["createContainer"]
+    assert hook["path"] == str(GPUHOOK)
+    assert hook["args"][:5] == ["gpuhook", "hook", "create-container", "--config",
+                                str(world.config)]
+    # an explicit env, so runc does not hand the hook the container's (CVE-2025-23266)
+    assert hook["env"] == ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
+    assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" not in hook["env"]
+
+
+def test_spec_mode_twice_writes_one_hook_and_each_mount_once(
+        world: World, fake_driver_host: FakeHost) -> None:
+    b = _driver_world(world, fake_driver_host, ("usr/lib/x86_64-linux-gnu",))
+    world.shim("create", "-b", str(b), "c1")
+    raw = (b / "config.json").read_bytes()
+    world.shim("create", "-b", str(b), "c1")
+    assert (b / "config.json").read_bytes() == raw
+    spec = json.loads(raw)
+    assert len(spec["hooks"]["createContainer"]) == 1
+    dests = [m["destination"] for m in spec["mounts"]]
+    assert len(dests) == len(set(dests))
+
+
+def test_spec_mode_refuses_a_rootfs_whose_lib_dir_is_a_symlink(
+        world: World, fake_driver_host: FakeHost, tmp_path: Path) -> None:
+    b = _driver_world(world, fake_driver_host, ("usr/lib",))
+    (b / "rootfs/usr/lib/x86_64-linux-gnu").symlink_to(tmp_path)
+    (b / "rootfs/etc").mkdir()
+    (b / "rootfs/etc/debian_version").write_text("12.5\n")
+    before = (b / "config.json").read_bytes()
+    result = world.shim("create", "-b", str(b), "c1")
+    assert result.returncode != 0 and world.argv() is None
+    assert "/usr/lib/x86_64-linux-gnu is a symlink" in result.stderr
+    assert (b / "config.json").read_bytes() == before

@@ -4,11 +4,14 @@ that nothing gpuhook does not know about is lost."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from typing import Any
 
 import pytest
 
+from gpuhook.decide.plan import DriverFile, Plan, Symlink
+from gpuhook.enforce.libdir import LibDir
 from gpuhook.errors import InputError
 from gpuhook.runtime import spec_edit
 from tests.unit import specs
@@ -170,3 +173,40 @@ def test_edited_spec_is_plain_json() -> None:
     s = gpu_spec(ids=("3", MIG_UUID))
     out = spec_edit.apply_plan(s, specs.plan(s))
     assert json.loads(json.dumps(out)) == out
+
+
+# ---- driver files (spec mode) ---------------------------------------------------------------
+
+def _driver_plan() -> Plan:
+    base = specs.plan(specs.spec(ids=["3"]))
+    return dataclasses.replace(
+        base, driver_files=(DriverFile("library", "/h/libcuda.so.9.9", "libcuda.so.9.9"),
+                            DriverFile("socket", "/h/run/s", "/run/s")),
+        symlinks=(Symlink("library", "libcuda.so.1", "libcuda.so.9.9"),), update_ldcache=True)
+
+
+def _edit() -> spec_edit.DriverEdit:
+    return spec_edit.DriverEdit(LibDir("/usr/lib64", "/usr/lib"), "/usr/bin/gpuhook",
+                                ("gpuhook", "hook", "create-container", "--driver", "{}"))
+
+
+def test_driver_files_become_bind_mounts_and_one_create_container_hook_after_the_engines(
+        ) -> None:
+    s = specs.spec(ids=["3"])
+    engine_hook = {"path": "/usr/bin/other", "args": ["other"]}
+    s["hooks"] = {"createContainer": [engine_hook]}
+    out = spec_edit.apply_plan(s, _driver_plan(), _edit())
+    assert out["mounts"][-2:] == [
+        {"destination": "/usr/lib64/libcuda.so.9.9", "type": "bind", "source": "/h/libcuda.so.9.9",
+         "options": ["bind", "ro", "nosuid", "nodev"]},
+        {"destination": "/run/s", "type": "bind", "source": "/h/run/s",
+         "options": ["rbind", "nosuid", "nodev", "noexec"]}]
+    assert out["hooks"]["createContainer"] == [
+        engine_hook, {"path": "/usr/bin/gpuhook", "args": list(_edit().hook_args),
+                      "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]}]
+    assert spec_edit.apply_plan(out, _driver_plan(), _edit()) == out
+
+
+def test_a_plan_with_driver_files_needs_the_driver_edit() -> None:
+    with pytest.raises(ValueError, match="DriverEdit"):
+        spec_edit.apply_plan(specs.spec(ids=["3"]), _driver_plan())

@@ -1,0 +1,34 @@
+"""CDI device names: NVIDIA's kinds and the qualified-name rules of the CDI package's parser
+(container-device-interface v1.1.0 pkg/parser/parser.go: vendor and class start with a letter,
+end with a letter or digit, and hold letters, digits, '_', '-', '.'; a device name starts and
+ends with a letter or digit and may also hold ':'). Pure."""
+
+from __future__ import annotations
+
+import re
+
+VENDOR = "nvidia.com"
+GPU_CLASS = "gpu"
+IMEX_CLASS = "imex-channel"
+GPU_KIND = f"{VENDOR}/{GPU_CLASS}"
+IMEX_KIND = f"{VENDOR}/{IMEX_CLASS}"
+
+_VENDOR_OR_CLASS = re.compile(r"^[A-Za-z]([A-Za-z0-9_.\-]*[A-Za-z0-9])?$")
+_DEVICE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.:\-]*[A-Za-z0-9])?$")
+
+
+def qualified_name(kind: str, name: str) -> str:
+    return f"{kind}={name}"
+
+
+def parse_qualified_name(text: str) -> tuple[str, str, str] | None:
+    """`<vendor>/<class>=<name>` -> (vendor, class, name), or None when it is not a valid fully
+    qualified CDI device name."""
+    kind, sep, name = text.partition("=")
+    vendor, slash, cls = kind.partition("/")
+    if not sep or not slash or not vendor or not cls or not name:
+        return None
+    if not (_VENDOR_OR_CLASS.match(vendor) and _VENDOR_OR_CLASS.match(cls)
+            and _DEVICE_NAME.match(name)):
+        return None
+    return vendor, cls, name

@@ -105,8 +105,11 @@ def hook_create_container(config_path: str | None, driver: str) -> None:
     (chrooted in the rootfs) and cover /proc/driver/nvidia with a view of the granted GPUs.
     The OCI state comes on stdin. gpuhook-runtime writes this hook into config.json, e.g.
 
-      {"path": "/usr/bin/gpuhook", "args": ["gpuhook", "hook", "create-container",
-       "--driver", "{\\"library_kinds\\":[\\"library\\"],...}"], "env": ["PATH=/usr/bin"]}
+    \b
+      {"path": "/usr/bin/gpuhook",
+       "args": ["gpuhook", "hook", "create-container",
+                "--driver", "{\\"library_kinds\\":[\\"library\\"],...}"],
+       "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]}
     """
     from gpuhook.runtime.create_container import main as create_container_main
 

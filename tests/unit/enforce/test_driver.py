@@ -358,3 +358,62 @@ def test_a_failing_cgroup_step_undoes_the_driver_files_and_the_nodes(
                  DeviceCgroup(1, str(tmp_path / "no-cgroup")))
     assert _tree_hash(rootfs) == before
     assert _driver_mounts(_in_ns(pid, _mountinfo), rootfs) == []
+
+
+@pytest.fixture
+def bare_container(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A container whose rootfs has no proc mount: a plain proc/driver/nvidia directory stands
+    where the driver's procfs directory is on a GPU host."""
+    rootfs = _image(tmp_path / "rootfs")
+    (rootfs / "proc/driver/nvidia").mkdir(parents=True)
+    with subprocess.Popen(["unshare", "-m", "--propagation", "private", "sleep", "60"]) as p:
+        try:
+            for _ in range(200):
+                if os.readlink(f"/proc/{p.pid}/exe").endswith("sleep"):
+                    break
+                subprocess.run(["sleep", "0.01"], check=True)
+            yield p.pid, rootfs
+        finally:
+            p.kill()
+
+
+def test_the_proc_view_is_mounted_over_proc_driver_nvidia_and_undone(
+        bare_container: tuple[int, Path], host: Path) -> None:
+    pid, rootfs = bare_container
+    plan = _plan(host, proc_driver_gpus=("00000000:00:1E.0",))
+    report = driver.apply_driver(plan, pid, str(rootfs),  # type: ignore[arg-type]
+                                 host_root=str(host))
+    assert report.view == "/proc/driver/nvidia"
+    view = f"{rootfs}/proc/driver/nvidia"
+
+    def look() -> list[str]:
+        out = sorted(os.listdir(f"{view}/gpus"))
+        with open(f"{view}/params") as f:
+            out.append(f.read().splitlines()[0])
+        try:
+            open(f"{view}/x", "w").close()
+        except OSError as e:
+            out.append(str(e.strerror))
+        return out
+
+    assert _in_ns(pid, look) == ["0000:00:1e.0", "ModifyDeviceFiles: 0", "Read-only file system"]
+    assert os.listdir(view) == []  # only in the container's namespace
+    assert driver.undo_driver(report, pid, str(rootfs)) == []
+    assert _in_ns(pid, lambda: os.listdir(view)) == []
+
+
+def test_a_musl_image_gets_its_path_file_and_no_ldconfig_run(
+        bare_container: tuple[int, Path], host: Path) -> None:
+    pid, rootfs = bare_container
+    for p in ("usr/lib/x86_64-linux-gnu", "etc/debian_version", "etc/ld.so.cache"):
+        target = rootfs / p
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    (rootfs / "lib").mkdir()
+    (rootfs / "lib/ld-musl-x86_64.so.1").write_bytes(b"\x7fELF")
+    (rootfs / "etc/ld-musl-x86_64.path").write_text("/lib\n/usr/local/lib\n")
+    report = driver.apply_driver(_plan(host), pid, str(rootfs))  # type: ignore[arg-type]
+    assert f"/usr/lib/libcuda.so.{VER}" in report.mounts
+    assert (rootfs / "etc/ld-musl-x86_64.path").read_text() == "/lib\n/usr/local/lib\n/usr/lib\n"
+    assert not (rootfs / "etc/ld.so.cache").exists()
+    assert driver.undo_driver(report, pid, str(rootfs)) == []
+    assert (rootfs / "etc/ld-musl-x86_64.path").read_text() == "/lib\n/usr/local/lib\n"

@@ -417,3 +417,41 @@ def test_a_musl_image_gets_its_path_file_and_no_ldconfig_run(
     assert not (rootfs / "etc/ld.so.cache").exists()
     assert driver.undo_driver(report, pid, str(rootfs)) == []
     assert (rootfs / "etc/ld-musl-x86_64.path").read_text() == "/lib\n/usr/local/lib\n"
+
+
+def test_the_driver_child_holds_only_what_mounts_links_and_the_jail_need(
+        container: tuple[int, Path]) -> None:
+    pid, _ = container
+
+    def caps() -> list[str]:
+        with open("/proc/self/status") as f:
+            return [line.split()[1] for line in f if line.startswith(("CapEff", "NoNewPrivs"))]
+
+    # CAP_DAC_OVERRIDE 1, CAP_FOWNER 3, CAP_SETPCAP 8, CAP_SYS_CHROOT 18, CAP_SYS_ADMIN 21
+    want = (1 << 1) | (1 << 3) | (1 << 8) | (1 << 18) | (1 << 21)
+    assert _in_ns(pid, caps) == [f"{want:016x}", "1"]
+
+
+@pytest.mark.skipif(not Path("/bin/busybox").exists(), reason="needs busybox-static")
+def test_the_jailed_program_sees_the_rootfs_as_root_and_an_empty_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """busybox (static) in ldconfig's place: its output comes back in the error, one line.
+    (busybox sh sets SHLVL, PATH and PWD itself; nothing of the caller's environment passes.)"""
+    monkeypatch.setenv("GPUHOOK_TEST_LEAK", "1")
+    rootfs = _image(tmp_path / "rootfs")
+    (rootfs / "proc").mkdir()
+    # a real proc mount in the rootfs, as runc makes one: the jail must detach it
+    subprocess.run(["mount", "-t", "proc", "proc", str(rootfs / "proc")], check=True)
+    memfd = ldconfig.sealed_copy("/bin/busybox")
+    root_fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY)
+    script = "echo ROOT $(ls /); echo ENV[$(env)]; ls /proc/1/root; exit 3"
+    try:
+        with pytest.raises(ApplyError, match=r"exit status 3\): 'ROOT etc proc usr; ENV\[.*\]; "
+                                             r"ls: /proc/1/root: No such file or directory'") as e:
+            ldconfig.run(memfd, root_fd, str(rootfs), ("sh", "-c", script))
+        assert "GPUHOOK_TEST_LEAK" not in str(e.value)
+        assert (rootfs / "proc/self").is_symlink()  # the proc mount is still there outside
+    finally:
+        os.close(root_fd)
+        os.close(memfd)
+        subprocess.run(["umount", "-l", str(rootfs / "proc")], check=True)

@@ -65,3 +65,40 @@ def test_usage_errors_exit_2_before_reading_stdin(args: list[str],
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     assert cc.main(args) == 2
     assert "usage: gpuhook hook create-container" in capsys.readouterr().err
+
+
+def _bundle(tmp_path: object, spec: object) -> str:
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    (tmp_path / "config.json").write_text(spec if isinstance(spec, str) else json.dumps(spec))
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize(("spec", "want"), [
+    ({"root": {"path": "rootfs"}}, "{b}/rootfs"),
+    ({"root": {"path": "/abs/root"}}, "/abs/root"),
+    ({}, "{b}/rootfs"),
+], ids=["a relative root.path is under the bundle", "an absolute root.path is kept",
+        "no root means the bundle's rootfs"])
+def test_the_rootfs_comes_from_the_bundles_spec(tmp_path: object, spec: object,
+                                                 want: str) -> None:
+    b = _bundle(tmp_path, spec)
+    state = json.dumps({"id": "c1", "bundle": b, "pid": 1}).encode()
+    assert cc.read_bundle(state) == ("c1", b, want.format(b=b))
+
+
+@pytest.mark.parametrize(("state", "spec", "message"), [
+    (b"{not json", {}, "not JSON"),
+    (b'{"bundle": "relative/b"}', {}, "absolute path"),
+    (b"x" * ((1 << 20) + 1), {}, "larger than"),
+    (None, "{oops", "is not JSON"),
+    (None, {"root": {"path": 3}}, "root.path must be"),
+], ids=["a state that is not JSON", "a relative bundle", "an oversized state",
+        "a config.json that is not JSON", "a root.path that is not a string"])
+def test_a_bad_state_or_spec_is_refused_with_one_line(tmp_path: object, state: bytes | None,
+                                                     spec: object, message: str) -> None:
+    b = _bundle(tmp_path, spec)
+    raw = state if state is not None else json.dumps({"bundle": b}).encode()
+    with pytest.raises(InputError, match=message):
+        cc.read_bundle(raw)

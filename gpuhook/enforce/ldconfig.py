@@ -74,20 +74,22 @@ def sealed_copy(configured: str) -> int:
         if not (st.st_mode & 0o170000 == 0o100000) or st.st_size > MAX_LDCONFIG_BYTES:
             raise ApplyError(f"host ldconfig {path} is not a regular file of at most "
                              f"{MAX_LDCONFIG_BYTES} bytes")
-        data = _read_all(src, st.st_size)
+        fd = os.memfd_create("gpuhook-ldconfig", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            offset = 0
+            while offset < st.st_size:  # a kernel copy: no round trip through Python bytes
+                sent = os.sendfile(fd, src, offset, st.st_size - offset)
+                if sent == 0:
+                    raise ApplyError(f"host ldconfig {path} shrank while it was copied")
+                offset += sent
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
+                        | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+            check_static_elf(_headers(fd, st.st_size), path)  # the bytes that will run
+        except BaseException:
+            os.close(fd)
+            raise
     finally:
         os.close(src)
-    check_static_elf(data, path)
-    fd = os.memfd_create("gpuhook-ldconfig", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
-                    | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
-    except BaseException:
-        os.close(fd)
-        raise
     return fd
 
 
@@ -227,12 +229,12 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def _read_all(fd: int, size: int) -> bytes:
-    chunks, total = [], 0
-    while total < size:
-        chunk = os.read(fd, min(1 << 20, size - total))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-    return b"".join(chunks)
+def _headers(fd: int, size: int) -> bytes:
+    """The ELF header and program header table (what check_static_elf reads)."""
+    head = os.pread(fd, 64, 0)
+    if len(head) < 64:
+        return head
+    phoff, = struct.unpack_from("<Q", head, 32)
+    phentsize, phnum = struct.unpack_from("<HH", head, 54)
+    end = min(size, phoff + phentsize * phnum)
+    return os.pread(fd, end, 0) if end > 64 else head

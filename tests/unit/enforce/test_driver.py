@@ -217,7 +217,7 @@ def test_the_proc_view_holds_only_the_granted_gpu_with_modify_device_files_off(
     target.mkdir()
     script = ("import os,sys; from gpuhook.enforce import mountapi; "
               "d=os.open(sys.argv[1], os.O_RDONLY|os.O_DIRECTORY); "
-              f"mountapi.attach({fd}, d, 'view'); "
+              f"mountapi.move_mount_to({fd}, d, 'view'); "
               "print(sorted(os.listdir(sys.argv[1]+'/view/gpus'))); "
               "print(open(sys.argv[1]+'/view/params').read(), end=''); "
               "open(sys.argv[1]+'/view/x','w')")

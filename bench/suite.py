@@ -506,12 +506,17 @@ def driver(b: Bench) -> Result:
 
     fake = fakedriver.build_fake_driver(b.path("fakedriver"), fake="8xa100-mig")
     host = fakedriver.make_fake_host(fake, b.path("driver-host"))
+    # with an inventory snapshot (`gpuhook inventory refresh`), as a node runs: it also records
+    # the driver discovery, so a start reads neither YAML nor the ld cache
     cfg = write_config(b.path("driver.toml"), host.inventory, host.root, b.path("driver.log"),
-                       None, {"runtimes": ["runc"]})
+                       b.path("run-driver/inventory.json"),
+                       {"runtimes": ["runc"], "driver-files": True})
+    refresh(cfg)
     env = {**MINIMAL_ENV, "GPUHOOK_CONFIG": str(cfg)}
     cfg_off = write_config(b.path("driver-off.toml"), host.inventory, host.root,
-                           b.path("driver-off.log"), None,
+                           b.path("driver-off.log"), b.path("run-driver-off/inventory.json"),
                            {"runtimes": ["runc"], "driver-files": False})
+    refresh(cfg_off)
     env_off = {**MINIMAL_ENV, "GPUHOOK_CONFIG": str(cfg_off)}
     rootfs = build_rootfs(b.path("rootfs-driver"))  # its own: the driver step writes into it
     for d in ("etc/ld.so.conf.d", "usr/lib/x86_64-linux-gnu"):
@@ -565,9 +570,11 @@ def driver(b: Bench) -> Result:
                    "nvidia-smi and firmware, creates the links and runs the host's ldconfig; "
                    "the rootfs is reused, so links and the ld.so.conf.d entry exist after the "
                    "first round (a restarted container), the ld cache is rebuilt every time")
-    log = b.path("driver.log")
-    if log.exists() and '"applied"' not in log.read_text():
-        r.notes.append("WARNING: the decision log shows no applied plan")
+    for name, want in (("driver.log", True), ("driver-off.log", False)):
+        text = b.path(name).read_text() if b.path(name).exists() else ""
+        has = "driver file " in text or "create-container" in text
+        if has != want:
+            r.notes.append(f"WARNING: {name} {'lacks' if want else 'shows'} driver files")
     return r
 
 

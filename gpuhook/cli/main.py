@@ -144,8 +144,11 @@ def hook_create_container(config_path: str | None, driver: str) -> None:
     \b
     Example (an entry of config.json's hooks.createContainer):
 
-      {"path": "/usr/bin/gpuhook", "args": ["gpuhook", "hook", "create-container",
-       "--driver", "{\\"library_kinds\\":[\\"library\\"],...}"], "env": ["PATH=/usr/bin"]}
+    \b
+      {"path": "/usr/bin/gpuhook",
+       "args": ["gpuhook", "hook", "create-container",
+                "--driver", "{\\"library_kinds\\":[\\"library\\"],...}"],
+       "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]}
     """
     from gpuhook.runtime.create_container import main as create_container_main
 

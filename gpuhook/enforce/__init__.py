@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gpuhook.decide.plan import CgroupRule, Plan
 from gpuhook.enforce import cgroup, nodes, ns
 from gpuhook.errors import ApplyError
+
+if TYPE_CHECKING:  # annotations only (the createContainer hook skips the decide stages)
+    from gpuhook.decide.plan import CgroupRule, Plan
 
 
 def apply_plan(plan: Plan, pid: int, rootfs: str, *, host_root: str = "/",

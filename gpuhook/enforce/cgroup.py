@@ -14,9 +14,12 @@ import os
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from gpuhook.decide.plan import CgroupRule
 from gpuhook.errors import ApplyError
+
+if TYPE_CHECKING:  # annotations only (the createContainer hook skips the decide stages)
+    from gpuhook.decide.plan import CgroupRule
 
 CGROUP_BASE = "/sys/fs/cgroup"
 

@@ -29,13 +29,15 @@ import os
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gpuhook.decide.plan import DriverFile, Plan
 from gpuhook.enforce import ldconfig, mountapi, ns, procview
 from gpuhook.enforce.libdir import LibDir, library_dir
 from gpuhook.enforce.nodes import split_container_path
 from gpuhook.errors import ApplyError
+
+if TYPE_CHECKING:  # annotations only: the createContainer hook does not import the decide stages
+    from gpuhook.decide.plan import DriverFile, Plan
 
 # What the child in the container's mount namespace needs: move_mount / umount / unshare for
 # the ldconfig grandchild (sys_admin), its chroot (sys_chroot), dropping the grandchild's
@@ -155,7 +157,7 @@ def prepare(work: DriverWork, *, host_root: str = "/",
 
 def _open_host_file(kind: str, host_path: str) -> int:
     try:
-        fd = mountapi.clone_file(host_path, recursive=kind == "socket")
+        fd = mountapi.clone_tree(mountapi.AT_FDCWD, host_path, recursive=kind == "socket")
     except OSError as e:
         raise ApplyError(f"driver file {host_path}: cannot open it on the host for a bind "
                          f"mount: {e.strerror}") from None
@@ -400,7 +402,7 @@ def _mount_one(root_fd: int, rootfs: str, path: str, host: str, tree_fd: int,
             raise ApplyError(f"cannot mount driver file {host} on {path} in rootfs {rootfs}: "
                              f"it is {what} there")
         try:
-            mountapi.attach(tree_fd, d, name)
+            mountapi.move_mount_to(tree_fd, d, name)
         except OSError as e:
             raise ApplyError(f"cannot mount driver file {host} on {path} in rootfs {rootfs}: "
                              f"{e.strerror}") from None
@@ -513,7 +515,7 @@ def _mount_view(root_fd: int, rootfs: str, view_fd: int, report: DriverReport) -
                                 f"no view mounted")
             return
         try:
-            mountapi.attach(view_fd, d, "nvidia")
+            mountapi.move_mount_to(view_fd, d, "nvidia")
         except OSError as e:
             raise ApplyError(f"cannot mount the view on {PROC_VIEW} in rootfs {rootfs}: "
                              f"{e.strerror}") from None
@@ -553,7 +555,6 @@ def _replace_file(dir_fd: int, name: str, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
     except BaseException:
         os.close(fd)
         os.unlink(tmp, dir_fd=dir_fd)
@@ -583,7 +584,7 @@ def undo_in_ns(report: DriverReport, root_fd: int) -> list[str]:
         return run
 
     if report.view:
-        step(report.view, at(report.view, mountapi.detach))
+        step(report.view, at(report.view, mountapi.detach_mount))
         report.view = None
     if report.cache is not None:
         step(LD_SO_CACHE, at(LD_SO_CACHE, lambda d, n: _restore(d, n, report.cache)))
@@ -592,7 +593,7 @@ def undo_in_ns(report: DriverReport, root_fd: int) -> list[str]:
     for path, old in reversed(report.links):
         step(path, at(path, functools.partial(_unlink_relink_kw, old=old)))
     for path in reversed(report.mounts):
-        step(path, at(path, mountapi.detach))
+        step(path, at(path, mountapi.detach_mount))
     for path in reversed(report.files):
         step(path, at(path, lambda d, n: os.unlink(n, dir_fd=d)))
     for path in reversed(report.dirs):

@@ -10,8 +10,10 @@ impossible by construction:
   would load its loader and libc from the container image after the chroot;
 - it runs in a grandchild that makes its own private mount namespace (nothing it does to mounts
   propagates anywhere), detaches every proc and sysfs mount under the rootfs (their magic links,
-  `/proc/1/root`, lead out of any chroot), chroots into the rootfs through the directory fd that
-  the caller opened without following links and checked against the runtime's rootfs identity,
+  `/proc/1/root`, lead out of any chroot), re-opens the rootfs in that namespace (an fd opened
+  before unshare still walks the old namespace's mounts, proc included) and checks it is the
+  directory the caller opened without following links and checked against the runtime's rootfs
+  identity, chroots into it,
   closes every other fd, and drops to CAP_DAC_OVERRIDE only (bounding set too, no_new_privs),
   with rlimits on CPU, address space, file size and open files and an empty environment. Every
   link the image holds then resolves inside the rootfs: `/` is the rootfs;
@@ -72,20 +74,22 @@ def sealed_copy(configured: str) -> int:
         if not (st.st_mode & 0o170000 == 0o100000) or st.st_size > MAX_LDCONFIG_BYTES:
             raise ApplyError(f"host ldconfig {path} is not a regular file of at most "
                              f"{MAX_LDCONFIG_BYTES} bytes")
-        data = _read_all(src, st.st_size)
+        fd = os.memfd_create("gpuhook-ldconfig", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            offset = 0
+            while offset < st.st_size:  # a kernel copy: no round trip through Python bytes
+                sent = os.sendfile(fd, src, offset, st.st_size - offset)
+                if sent == 0:
+                    raise ApplyError(f"host ldconfig {path} shrank while it was copied")
+                offset += sent
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
+                        | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+            check_static_elf(_headers(fd, st.st_size), path)  # the bytes that will run
+        except BaseException:
+            os.close(fd)
+            raise
     finally:
         os.close(src)
-    check_static_elf(data, path)
-    fd = os.memfd_create("gpuhook-ldconfig", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
-                    | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
-    except BaseException:
-        os.close(fd)
-        raise
     return fd
 
 
@@ -105,15 +109,16 @@ def check_static_elf(data: bytes, path: str) -> None:
                              f"config key ldconfig at a static one (glibc's ldconfig is)")
 
 
-def run(memfd: int, root_fd: int, rootfs: str) -> None:
+def run(memfd: int, root_fd: int, rootfs: str, args: tuple[str, ...] = ARGS) -> None:
     """Run the sealed ldconfig `memfd` chrooted at `root_fd` (the rootfs, opened and checked
-    by the caller, in the container's mount namespace). Raises ApplyError with its stderr."""
+    by the caller, in the container's mount namespace) with `args` (argv, ARGS but in tests).
+    Raises ApplyError with its output."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             os.close(r)
-            _exec_jailed(memfd, root_fd, w)
+            _exec_jailed(memfd, root_fd, w, args)
         finally:
             os._exit(127)
     os.close(w)
@@ -145,7 +150,7 @@ def run(memfd: int, root_fd: int, rootfs: str) -> None:
                          + (f": {text!r}" if text else ""))
 
 
-def _exec_jailed(memfd: int, root_fd: int, err_fd: int) -> None:
+def _exec_jailed(memfd: int, root_fd: int, err_fd: int, args: tuple[str, ...]) -> None:
     """In the grandchild: private mounts, no proc/sys under the rootfs, chroot, fds, rlimits,
     capabilities, exec. Any failure is written to `err_fd` and the caller exits 127."""
     try:
@@ -157,9 +162,17 @@ def _exec_jailed(memfd: int, root_fd: int, err_fd: int) -> None:
             raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
         if libc.mount(None, b"/", None, ctypes.c_ulong(MS_REC | MS_PRIVATE), None) != 0:
             raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
-        _detach_pseudo_fs(libc, os.readlink(f"/proc/self/fd/{root_fd}"))
+        path = os.readlink(f"/proc/self/fd/{root_fd}")
+        _detach_pseudo_fs(libc, path)
+        # root_fd was opened in the old namespace: a walk from it would cross that namespace's
+        # mounts (the proc just detached included). Re-open the rootfs here, by the kernel's own
+        # name for it, and accept it only if it is the same directory.
+        new_root = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        want, got = os.fstat(root_fd), os.fstat(new_root)
+        if (want.st_dev, want.st_ino) != (got.st_dev, got.st_ino):
+            raise OSError(0, f"rootfs {path} changed while entering the jail")
         devnull = os.open("/dev/null", os.O_RDONLY)
-        os.fchdir(root_fd)
+        os.fchdir(new_root)
         os.chroot(".")
         os.chdir("/")
         os.dup2(devnull, 0)
@@ -175,7 +188,7 @@ def _exec_jailed(memfd: int, root_fd: int, err_fd: int) -> None:
         prctl.cap_inheritable.limit()
         prctl.cap_effective.limit(*CAPS)
         prctl.cap_permitted.limit(*CAPS)
-        os.execve(memfd, list(ARGS), {})
+        os.execve(memfd, list(args), {})
     except BaseException as e:  # the parent reports this text
         with contextlib.suppress(OSError):
             os.write(err_fd, f"gpuhook: cannot start ldconfig: {e}".encode())
@@ -216,12 +229,12 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def _read_all(fd: int, size: int) -> bytes:
-    chunks, total = [], 0
-    while total < size:
-        chunk = os.read(fd, min(1 << 20, size - total))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-    return b"".join(chunks)
+def _headers(fd: int, size: int) -> bytes:
+    """The ELF header and program header table (what check_static_elf reads)."""
+    head = os.pread(fd, 64, 0)
+    if len(head) < 64:
+        return head
+    phoff, = struct.unpack_from("<Q", head, 32)
+    phentsize, phnum = struct.unpack_from("<HH", head, 54)
+    end = min(size, phoff + phentsize * phnum)
+    return os.pread(fd, end, 0) if end > 64 else head

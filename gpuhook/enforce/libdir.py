@@ -22,9 +22,12 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from gpuhook.decide.plan import DriverFile
 from gpuhook.errors import ApplyError
+
+if TYPE_CHECKING:  # annotations only: the createContainer hook does not import the decide stages
+    from gpuhook.decide.plan import DriverFile
 
 DEBIAN_LIB64 = "/usr/lib/x86_64-linux-gnu"
 DEBIAN_LIB32 = "/usr/lib/i386-linux-gnu"

@@ -17,9 +17,12 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from gpuhook.decide.plan import DeviceNode
 from gpuhook.errors import ApplyError
+
+if TYPE_CHECKING:  # annotations only (the createContainer hook skips the decide stages)
+    from gpuhook.decide.plan import DeviceNode
 
 DIR_MODE = 0o755
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -12,7 +12,7 @@ import ctypes
 import errno
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from gpuhook.errors import ApplyError
@@ -22,6 +22,10 @@ MAX_REPLY = 1 << 20
 # What the child needs for its work in the container's /dev, and nothing more: mknod, chown to
 # the plan's owner, and writing into / replacing entries of directories it does not own.
 CHILD_CAPS = ("mknod", "chown", "dac_override", "fowner")
+# In a user-namespaced container the helper attaches nodes the hook staged (move_mount, umount:
+# sys_admin) and creates entries as the container's root (setfsuid/setfsgid: setuid, setgid),
+# so it needs no override of file permissions at all.
+USERNS_CHILD_CAPS = ("sys_admin", "setuid", "setgid")
 
 
 class NamespaceWorkError(ApplyError):
@@ -41,10 +45,9 @@ def setns(fd: int, nstype: int) -> None:
 
 
 def run_in_mount_ns(pid: int, work: Callable[[], Any],
-                    caps: Sequence[str] = CHILD_CAPS) -> Any:
-    """Run `work()` in a child that has joined the mount namespace of `pid`, holding only the
-    capabilities `caps`; return its JSON-serialisable result. Raises NamespaceWorkError with
-    the child's error text."""
+                    caps: tuple[str, ...] = CHILD_CAPS) -> Any:
+    """Run `work()` in a child that has joined the mount namespace of `pid`; return its
+    JSON-serialisable result. Raises NamespaceWorkError with the child's error text."""
     path = f"/proc/{pid}/ns/mnt"
     try:
         ns_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -57,13 +60,14 @@ def run_in_mount_ns(pid: int, work: Callable[[], Any],
         os.close(ns_fd)
 
 
-def run_forked(work: Callable[[], Any], caps: Sequence[str] = CHILD_CAPS) -> Any:
-    """Run `work()` in a forked child without changing namespace (tests; the createContainer
-    hook, which runc already runs in the container's namespaces)."""
+def run_forked(work: Callable[[], Any], caps: tuple[str, ...] = CHILD_CAPS) -> Any:
+    """Run `work()` in a forked child without changing namespace, holding only `caps` (tests;
+    the createContainer hook, which runc already runs in the container's namespaces)."""
     return _fork_and_run(None, work, caps)
 
 
-def _fork_and_run(ns_fd: int | None, work: Callable[[], Any], caps: Sequence[str]) -> Any:
+def _fork_and_run(ns_fd: int | None, work: Callable[[], Any],
+                  caps: tuple[str, ...] = CHILD_CAPS) -> Any:
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: never return into the caller's stack
@@ -111,7 +115,8 @@ def _fork_and_run(ns_fd: int | None, work: Callable[[], Any], caps: Sequence[str
     return answer["ok"]
 
 
-def _child(ns_fd: int | None, work: Callable[[], Any], caps: Sequence[str]) -> dict[str, Any]:
+def _child(ns_fd: int | None, work: Callable[[], Any], caps: tuple[str, ...]
+           ) -> dict[str, Any]:
     try:
         import signal
 

@@ -114,28 +114,22 @@ def main(args: list[str]) -> int:
 
 def run(config_path: str | None, driver: str, state_raw: bytes) -> int:
     from gpuhook.config import Config, load_config
-    from gpuhook.decide.spec import MAX_SPEC_BYTES, parse_spec, parse_state
     from gpuhook.errors import GpuhookError
-    from gpuhook.runtime.bundle import read_limited
     from gpuhook.runtime.decision_log import log_decision
 
     record: dict[str, Any] = {"event": "create-container"}
     config: Config | None = None
     try:
         config = load_config(config_path)
-        arg = parse_driver_arg(driver)
-        state = parse_state(state_raw)
-        record.update(id=state.id, bundle=state.bundle)
-        spec_path = os.path.join(state.bundle, "config.json")
-        spec = parse_spec(read_limited(spec_path, MAX_SPEC_BYTES, "spec"), spec_path)
-        root = spec.root_path or "rootfs"
-        rootfs = root if os.path.isabs(root) else os.path.join(state.bundle, root)
+        work = parse_driver_arg(driver)
+        cid, bundle, rootfs = read_bundle(state_raw)
+        record.update(id=cid, bundle=bundle)
         from gpuhook.enforce.driver import apply_in_current_ns
         from gpuhook.enforce.libdir import fixed_library_dir, library_dir
 
         fixed = parse_library_dir(driver)
         record["applied"] = apply_in_current_ns(
-            arg, rootfs, host_root=config.host_root, ldconfig_path=config.ldconfig,
+            work, rootfs, host_root=config.host_root, ldconfig_path=config.ldconfig,
             libdirs=library_dir if fixed is None else fixed_library_dir(*fixed))
         record["decision"] = "applied"
         return 0
@@ -146,3 +140,40 @@ def run(config_path: str | None, driver: str, state_raw: bytes) -> int:
     finally:
         if config is not None and len(record) > 1:
             log_decision(config.log_file, record)
+
+
+def read_bundle(state_raw: bytes) -> tuple[str, str, str]:
+    """(container id, bundle, rootfs) from the OCI state and the bundle's config.json, both
+    bounded and read with the fast path's JSON reader (the full spec parser and the decision
+    stages are not needed here: the Plan came in --driver)."""
+    from gpuhook.errors import InputError
+    from gpuhook.runtime.fastpath import MAX_SPEC_BYTES, MAX_STATE_BYTES, loads
+
+    if len(state_raw) > MAX_STATE_BYTES:
+        raise InputError(f"hook state (stdin) is larger than {MAX_STATE_BYTES} bytes")
+    try:
+        state = loads(state_raw)
+    except ValueError:
+        raise InputError("hook state (stdin) is not JSON") from None
+    bundle = state.get("bundle") if isinstance(state, dict) else None
+    cid = state.get("id") if isinstance(state, dict) else None
+    if not isinstance(bundle, str) or not os.path.isabs(bundle):
+        raise InputError("hook state (stdin): bundle must be an absolute path")
+    spec_path = os.path.join(bundle, "config.json")
+    try:
+        with open(spec_path, "rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)
+    except OSError as e:
+        raise InputError(f"spec {spec_path}: {e.strerror}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise InputError(f"spec {spec_path} is larger than {MAX_SPEC_BYTES} bytes")
+    try:
+        spec = loads(raw)
+    except ValueError:
+        raise InputError(f"spec {spec_path} is not JSON") from None
+    root = spec.get("root") if isinstance(spec, dict) else None
+    path = root.get("path", "rootfs") if isinstance(root, dict) else "rootfs"
+    if not isinstance(path, str) or not path:
+        raise InputError(f"spec {spec_path}: root.path must be a non-empty string")
+    rootfs = path if os.path.isabs(path) else os.path.join(bundle, path)
+    return (cid if isinstance(cid, str) else "?"), bundle, rootfs

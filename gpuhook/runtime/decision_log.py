@@ -6,11 +6,10 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gpuhook.decide.plan import Plan
-from gpuhook.decide.render import plan_json
-from gpuhook.decide.request import loggable_env
+if TYPE_CHECKING:  # the createContainer hook logs without importing the decision stages
+    from gpuhook.decide.plan import Plan
 
 
 def log_decision(path: str, record: dict[str, Any]) -> str | None:
@@ -34,6 +33,9 @@ def log_decision(path: str, record: dict[str, Any]) -> str | None:
 
 def plan_record(plan: Plan, env: Mapping[str, str]) -> dict[str, Any]:
     """What the log says about a plan (hook and shim alike)."""
+    from gpuhook.decide.render import plan_json
+    from gpuhook.decide.request import loggable_env
+
     summary = plan_json(plan)
     return {"decision": "empty" if plan.empty else "apply", "source": plan.source,
             "device_ids": summary["device_ids"], "ignored": summary["ignored"],

@@ -217,7 +217,7 @@ def test_the_proc_view_holds_only_the_granted_gpu_with_modify_device_files_off(
     target.mkdir()
     script = ("import os,sys; from gpuhook.enforce import mountapi; "
               "d=os.open(sys.argv[1], os.O_RDONLY|os.O_DIRECTORY); "
-              f"mountapi.attach({fd}, d, 'view'); "
+              f"mountapi.move_mount_to({fd}, d, 'view'); "
               "print(sorted(os.listdir(sys.argv[1]+'/view/gpus'))); "
               "print(open(sys.argv[1]+'/view/params').read(), end=''); "
               "open(sys.argv[1]+'/view/x','w')")
@@ -358,3 +358,100 @@ def test_a_failing_cgroup_step_undoes_the_driver_files_and_the_nodes(
                  DeviceCgroup(1, str(tmp_path / "no-cgroup")))
     assert _tree_hash(rootfs) == before
     assert _driver_mounts(_in_ns(pid, _mountinfo), rootfs) == []
+
+
+@pytest.fixture
+def bare_container(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A container whose rootfs has no proc mount: a plain proc/driver/nvidia directory stands
+    where the driver's procfs directory is on a GPU host."""
+    rootfs = _image(tmp_path / "rootfs")
+    (rootfs / "proc/driver/nvidia").mkdir(parents=True)
+    with subprocess.Popen(["unshare", "-m", "--propagation", "private", "sleep", "60"]) as p:
+        try:
+            for _ in range(200):
+                if os.readlink(f"/proc/{p.pid}/exe").endswith("sleep"):
+                    break
+                subprocess.run(["sleep", "0.01"], check=True)
+            yield p.pid, rootfs
+        finally:
+            p.kill()
+
+
+def test_the_proc_view_is_mounted_over_proc_driver_nvidia_and_undone(
+        bare_container: tuple[int, Path], host: Path) -> None:
+    pid, rootfs = bare_container
+    plan = _plan(host, proc_driver_gpus=("00000000:00:1E.0",))
+    report = driver.apply_driver(plan, pid, str(rootfs),  # type: ignore[arg-type]
+                                 host_root=str(host))
+    assert report.view == "/proc/driver/nvidia"
+    view = f"{rootfs}/proc/driver/nvidia"
+
+    def look() -> list[str]:
+        out = sorted(os.listdir(f"{view}/gpus"))
+        with open(f"{view}/params") as f:
+            out.append(f.read().splitlines()[0])
+        try:
+            open(f"{view}/x", "w").close()
+        except OSError as e:
+            out.append(str(e.strerror))
+        return out
+
+    assert _in_ns(pid, look) == ["0000:00:1e.0", "ModifyDeviceFiles: 0", "Read-only file system"]
+    assert os.listdir(view) == []  # only in the container's namespace
+    assert driver.undo_driver(report, pid, str(rootfs)) == []
+    assert _in_ns(pid, lambda: os.listdir(view)) == []
+
+
+def test_a_musl_image_gets_its_path_file_and_no_ldconfig_run(
+        bare_container: tuple[int, Path], host: Path) -> None:
+    pid, rootfs = bare_container
+    for p in ("usr/lib/x86_64-linux-gnu", "etc/debian_version", "etc/ld.so.cache"):
+        target = rootfs / p
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    (rootfs / "lib").mkdir()
+    (rootfs / "lib/ld-musl-x86_64.so.1").write_bytes(b"\x7fELF")
+    (rootfs / "etc/ld-musl-x86_64.path").write_text("/lib\n/usr/local/lib\n")
+    report = driver.apply_driver(_plan(host), pid, str(rootfs))  # type: ignore[arg-type]
+    assert f"/usr/lib/libcuda.so.{VER}" in report.mounts
+    assert (rootfs / "etc/ld-musl-x86_64.path").read_text() == "/lib\n/usr/local/lib\n/usr/lib\n"
+    assert not (rootfs / "etc/ld.so.cache").exists()
+    assert driver.undo_driver(report, pid, str(rootfs)) == []
+    assert (rootfs / "etc/ld-musl-x86_64.path").read_text() == "/lib\n/usr/local/lib\n"
+
+
+def test_the_driver_child_holds_only_what_mounts_links_and_the_jail_need(
+        container: tuple[int, Path]) -> None:
+    pid, _ = container
+
+    def caps() -> list[str]:
+        with open("/proc/self/status") as f:
+            return [line.split()[1] for line in f if line.startswith(("CapEff", "NoNewPrivs"))]
+
+    # CAP_DAC_OVERRIDE 1, CAP_FOWNER 3, CAP_SETPCAP 8, CAP_SYS_CHROOT 18, CAP_SYS_ADMIN 21
+    want = (1 << 1) | (1 << 3) | (1 << 8) | (1 << 18) | (1 << 21)
+    assert _in_ns(pid, caps) == [f"{want:016x}", "1"]
+
+
+@pytest.mark.skipif(not Path("/bin/busybox").exists(), reason="needs busybox-static")
+def test_the_jailed_program_sees_the_rootfs_as_root_and_an_empty_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """busybox (static) in ldconfig's place: its output comes back in the error, one line.
+    (busybox sh sets SHLVL, PATH and PWD itself; nothing of the caller's environment passes.)"""
+    monkeypatch.setenv("GPUHOOK_TEST_LEAK", "1")
+    rootfs = _image(tmp_path / "rootfs")
+    (rootfs / "proc").mkdir()
+    # a real proc mount in the rootfs, as runc makes one: the jail must detach it
+    subprocess.run(["mount", "-t", "proc", "proc", str(rootfs / "proc")], check=True)
+    memfd = ldconfig.sealed_copy("/bin/busybox")
+    root_fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY)
+    script = "echo ROOT $(ls /); echo ENV[$(env)]; ls /proc/1/root; exit 3"
+    try:
+        with pytest.raises(ApplyError, match=r"exit status 3\): 'ROOT etc proc usr; ENV\[.*\]; "
+                                             r"ls: /proc/1/root: No such file or directory'") as e:
+            ldconfig.run(memfd, root_fd, str(rootfs), ("sh", "-c", script))
+        assert "GPUHOOK_TEST_LEAK" not in str(e.value)
+        assert (rootfs / "proc/self").is_symlink()  # the proc mount is still there outside
+    finally:
+        os.close(root_fd)
+        os.close(memfd)
+        subprocess.run(["umount", "-l", str(rootfs / "proc")], check=True)

@@ -98,10 +98,12 @@ def _register() -> None:
     # Command groups that live in their own modules (one job each).
     from gpuhook.cli.install import install, uninstall
     from gpuhook.cli.inventory import inventory
+    from gpuhook.cli.node import node
 
     cli.add_command(install)
     cli.add_command(uninstall)
     cli.add_command(inventory)
+    cli.add_command(node)
 
 
 _register()

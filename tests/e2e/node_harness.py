@@ -1,0 +1,172 @@
+"""A sandbox node for `gpuhook node install`: a directory that plays the host's root (what the
+DaemonSet mounts at /host), with a real containerd that runs off *that root's* config, as
+systemd would run it on a node:
+
+- containerd runs in its own mount namespace in which the sandbox's `etc/containerd` is bind
+  mounted on /etc/containerd and its `usr/local/gpuhook` on /usr/local/gpuhook (over a private
+  tmpfs /usr/local, so nothing on this machine's root changes). The host paths the installer
+  writes into the config (the `imports` entry, BinaryName) therefore resolve for containerd and
+  its shims exactly as on a node; nothing else of this machine's root is hidden.
+- a supervisor thread starts containerd again whenever it exits, like systemd's
+  `Restart=always` in containerd.service (the installer's `--restart signal` relies on it), and
+  counts the starts.
+- its socket is `<root>/run/containerd/containerd.sock`, i.e. the host path
+  /run/containerd/containerd.sock; everything else it writes is under `<root>/var/lib/cd`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import tomlkit
+
+from tests.e2e.containerd_harness import (
+    CTR,
+    MINIMAL_PATH,
+    ContainerdError,
+    private_config,
+    shim_pids,
+    unmount_under,
+)
+
+SOCKET = "/run/containerd/containerd.sock"  # the host path
+CONFIG = "/etc/containerd/config.toml"
+HOST_DIR = "/usr/local/gpuhook"
+
+
+def node_config(root: Path, sandbox_image: str) -> str:
+    """The harness's private containerd config, its sockets moved to the root's /run."""
+    doc = tomlkit.parse(private_config(root / "var/lib/cd", sandbox_image))
+    doc["grpc"]["address"] = str(root / SOCKET.lstrip("/"))
+    doc["ttrpc"]["address"] = str(root / SOCKET.lstrip("/")) + ".ttrpc"
+    return tomlkit.dumps(doc)
+
+
+class SandboxNode:
+    def __init__(self, root: Path, sandbox_image: str) -> None:
+        self.root = root
+        self.starts = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        for d in ("etc/containerd", "usr/local/gpuhook", "run/containerd", "var/lib/cd/cni/bin",
+                  "var/lib/cd/cni/conf", "var/lib/cd/opt", "var/lib/cd/runc"):
+            (root / d).mkdir(parents=True, exist_ok=True)
+        self.config.write_text(node_config(root, sandbox_image))
+
+    def here(self, host_path: str) -> Path:
+        return self.root / host_path.lstrip("/")
+
+    @property
+    def config(self) -> Path:
+        return self.here(CONFIG)
+
+    @property
+    def socket(self) -> Path:
+        return self.here(SOCKET)
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "var/lib/cd/containerd.log"
+
+    def _argv(self) -> list[str]:
+        script = (
+            "set -e; mount --make-rprivate /; "
+            "mount -t tmpfs -o mode=0755 gpuhook-e2e-usr-local /usr/local; "
+            f"mkdir -p {HOST_DIR}; "
+            f'mount --bind "$1/usr/local/gpuhook" {HOST_DIR}; '
+            'mount --bind "$1/etc/containerd" /etc/containerd; '
+            f"exec containerd --config {CONFIG}"
+        )
+        return ["unshare", "--mount", "sh", "-c", script, "sh", str(self.root)]
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(self._argv(), stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=log, env={"PATH": MINIMAL_PATH, "HOME": "/root"},
+                                    start_new_session=True)
+
+    def _supervise(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                proc = self.proc
+            if proc is None or proc.poll() is not None:
+                if self._stop.is_set():
+                    return
+                with self._lock:
+                    self.proc = self._spawn()
+                    self.starts += 1
+            time.sleep(0.05)
+
+    def start(self, timeout: float = 30.0) -> None:
+        self._thread = threading.Thread(target=self._supervise, daemon=True)
+        self._thread.start()
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.socket.exists() and self.ctr("version", check=False).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise ContainerdError(f"containerd not serving after {timeout}s:\n{self.log_tail()}")
+
+    def pid(self) -> int | None:
+        with self._lock:
+            return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        with self._lock:
+            proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=15)
+        for pid in shim_pids(self.socket):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while shim_pids(self.socket) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        unmount_under(self.root)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no containerd log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def ctr(self, *args: str, namespace: str = "k8s.io", check: bool = True,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        cmd = [CTR, "--address", str(self.socket), "--namespace", namespace, *args]
+        res = subprocess.run(cmd, check=False, capture_output=True, text=True,
+                             env={"PATH": MINIMAL_PATH}, timeout=timeout,
+                             stdin=subprocess.DEVNULL)
+        if check and res.returncode != 0:
+            raise ContainerdError(f"{' '.join(cmd)} -> {res.returncode}\n{res.stderr}")
+        return res
+
+    def dump(self) -> str:
+        """containerd's own view of its effective config (imports merged), in its namespace."""
+        res = subprocess.run(
+            ["unshare", "--mount", "sh", "-c",
+             'mount --make-rprivate / && mount --bind "$1/etc/containerd" /etc/containerd && '
+             f"exec containerd --config {CONFIG} config dump", "sh", str(self.root)],
+            capture_output=True, text=True, env={"PATH": MINIMAL_PATH}, timeout=30, check=True)
+        return res.stdout

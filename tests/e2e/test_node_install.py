@@ -1,0 +1,265 @@
+"""`gpuhook node install` against a sandbox node (tests/e2e/node_harness.py): a directory that
+plays the host's root, with a real containerd running off that root's config and restarted by a
+supervisor the way systemd restarts it. The installer runs as the DaemonSet runs it, with
+`--host-root` pointing at that root and `--restart signal`:
+
+1. it installs (bundle, config, drop-in naming host paths), restarts containerd once and waits;
+2. a pod through the `nvidia` handler (CRI, as the kubelet runs it) gets exactly its GPU from
+   the fake inventory, through the bundled gpuhook-runtime;
+3. a second instance on the node is refused by the lock;
+4. SIGTERM undoes it: containerd's config is byte-identical to before, the drop-in and the
+   bundle are gone, containerd restarted once more, and the `nvidia` handler no longer exists;
+5. installing on a node where it is installed already changes no byte and restarts nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import device_probe
+from tests.e2e.containerd_harness import MINIMAL_PATH, remove_cgroups
+from tests.e2e.cri.client import CriClient, read_cri_log
+from tests.e2e.device_probe import DEVICE_DIR, GPU2
+from tests.e2e.node_harness import HOST_DIR, SandboxNode
+from tests.e2e.oci_image import PAUSE_SCRIPT, ImageSpec, find_busybox, write_oci_archive
+
+pytestmark: list[pytest.MarkDecorator] = [pytest.mark.e2e]
+
+IMAGE = "docker.io/library/gpuhook-busybox:node-e2e"
+PAUSE_IMAGE = "docker.io/library/gpuhook-pause:node-e2e"
+POD_CGROUP = f"gpuhook-e2e-node-{os.getpid()}"
+GPUHOOK = Path(sys.executable).parent / "gpuhook"
+RUNTIME_BINARY = f"{HOST_DIR}/current/bin/gpuhook-runtime"
+DROP_IN = "etc/containerd/conf.d/99-gpuhook.toml"
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (containerd, mount namespaces, chroot)"
+    for tool in ("containerd", "ctr", "containerd-shim-runc-v2", "runc", "unshare"):
+        if shutil.which(tool, path=MINIMAL_PATH) is None:
+            return f"{tool} not installed (apt: containerd, runc, util-linux)"
+    if find_busybox() is None:
+        return "busybox not installed (apt: busybox-static)"
+    try:
+        import grpc_tools  # noqa: F401
+    except ImportError:
+        return "grpcio-tools missing (pyproject test extra)"
+    return None
+
+
+_why = _missing()
+if _why:
+    pytestmark.append(pytest.mark.skip(reason=_why))
+
+
+@dataclass
+class World:
+    node: SandboxNode
+    work: Path
+    gpuhook_config: Path
+    original: bytes  # containerd's config.toml before anything
+    installer: subprocess.Popen[str] | None = None
+    output: list[str] = field(default_factory=list)
+
+
+def _installer_argv(world: World, *extra: str) -> list[str]:
+    return [str(GPUHOOK), "node", "install", "--host-root", str(world.node.root),
+            "--gpuhook-config", str(world.gpuhook_config), "--timeout", "30", *extra]
+
+
+def _env() -> dict[str, str]:
+    return {"PATH": f"{GPUHOOK.parent}:{MINIMAL_PATH}", "HOME": "/root"}
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, env=_env(), timeout=120,
+                          check=False)
+
+
+def _read_until(proc: subprocess.Popen[str], out: list[str], mark: str,
+                timeout: float = 120) -> None:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        if ready:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            out.append(line.rstrip("\n"))
+            if mark in line:
+                return
+    raise AssertionError(f"installer did not print {mark!r}:\n" + "\n".join(out))
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file (bytes) and symlink (target) under etc/containerd and usr/local/gpuhook; the
+    lock file's pid aside."""
+    found = {}
+    for top in ("etc/containerd", HOST_DIR.lstrip("/")):
+        for dirpath, _dirs, files in os.walk(root / top):
+            for name in files:
+                p = Path(dirpath) / name
+                if name == ".lock":
+                    continue
+                found[str(p.relative_to(root))] = (
+                    os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
+        if (root / HOST_DIR.lstrip("/") / "current").is_symlink():
+            found["current"] = os.readlink(root / HOST_DIR.lstrip("/") / "current").encode()
+    return found
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    work = tmp_path_factory.mktemp("node-install")
+    busybox = find_busybox()
+    assert busybox is not None
+    archive = write_oci_archive(
+        work / "images.tar",
+        [ImageSpec(IMAGE, cmd=["sh"]),
+         ImageSpec(PAUSE_IMAGE, entrypoint=["/bin/sh", "-c", PAUSE_SCRIPT])],
+        busybox,
+    )  # fmt: skip
+    node = SandboxNode(work / "host", sandbox_image=PAUSE_IMAGE)
+    config = device_probe.write_fake_node_config(work / "gpuhook.toml", work / "gpuhook.log")
+    w = World(node=node, work=work, gpuhook_config=config, original=node.config.read_bytes())
+    try:
+        node.start()
+        node.ctr("image", "import", str(archive), timeout=120)
+        yield w
+    finally:
+        if w.installer is not None and w.installer.poll() is None:
+            w.installer.kill()
+            w.installer.wait(timeout=30)
+        node.stop()
+        left = remove_cgroups(POD_CGROUP)
+        assert not left, f"cgroups still busy: {left}"
+
+
+def test_install_registers_the_runtime_through_a_drop_in_and_restarts_containerd_once(
+        world: World) -> None:
+    node = world.node
+    assert node.starts == 1
+    world.installer = subprocess.Popen(
+        _installer_argv(world), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, env=_env())
+    _read_until(world.installer, world.output, "waiting for SIGTERM")
+    text = "\n".join(world.output)
+    node.wait_ready()
+    assert node.starts == 2, text
+    assert "restart: containerd restarted: SIGHUP to pid" in text, text
+    import tomllib
+
+    runtimes = tomllib.loads(node.dump())["plugins"]["io.containerd.grpc.v1.cri"][
+        "containerd"]["runtimes"]
+    assert runtimes["nvidia"]["options"]["BinaryName"] == RUNTIME_BINARY
+    main = tomllib.loads(node.config.read_text())
+    assert main["imports"] == [f"/{DROP_IN}"], "the import must name the host path"
+    assert (node.root / DROP_IN).exists()
+
+
+def test_a_pod_through_the_nvidia_handler_gets_exactly_its_gpu(world: World) -> None:
+    node = world.node
+    cri = CriClient(socket=node.socket, gen_dir=world.work / "cri_gen")
+    log_dir = world.work / "pod-logs"
+    log_dir.mkdir(exist_ok=True)
+    try:
+        config = cri.sandbox_config(name="node-e2e", uid="node-e2e", log_dir=log_dir,
+                                    cgroup_parent=f"/{POD_CGROUP}", privileged=True)
+        pod_id = cri.run_pod_sandbox(config, runtime_handler="nvidia")
+        try:
+            cid = cri.create_container(
+                pod_id, config, name="probe", image=IMAGE,
+                command=["sh", "-c", device_probe.script()],
+                env={"NVIDIA_VISIBLE_DEVICES": "all"},
+                mounts=[("/dev/null", f"{DEVICE_DIR}/2")], log_path="probe.log")
+            cri.start_container(cid)
+            st = cri.wait_exited(cid)
+            assert st.exit_code == 0, st
+            out = _wait_log(log_dir / "probe.log")
+            cri.remove_container(cid)
+        finally:
+            cri.stop_pod_sandbox(pod_id)
+            cri.remove_pod_sandbox(pod_id)
+    finally:
+        cri.close()
+    problems = GPU2.check(device_probe.parse(out))
+    assert not problems, "\n".join(problems) + "\n--- probe output:\n" + out
+    # and it was the bundled gpuhook that decided (its decision log, named in the config)
+    assert (world.work / "gpuhook.log").exists()
+
+
+def _wait_log(path: Path, timeout: float = 5.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = read_cri_log(path) if path.exists() else ""
+        if device_probe.END_MARK in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.05)
+
+
+def test_a_second_instance_on_the_node_is_refused_by_the_lock(world: World) -> None:
+    res = _run(_installer_argv(world, "--no-wait"))
+    assert res.returncode != 0, res.stdout
+    assert "another gpuhook node install holds /usr/local/gpuhook/.lock" in res.stderr, (
+        res.stderr)
+    assert world.node.starts == 2
+
+
+def test_sigterm_restores_containerds_config_byte_for_byte_and_removes_the_runtime(
+        world: World) -> None:
+    node, proc = world.node, world.installer
+    assert proc is not None
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    text = "\n".join(world.output) + "\n" + rest
+    assert proc.returncode == 0, text
+    assert "SIGTERM: undoing the install" in text
+    assert node.config.read_bytes() == world.original
+    assert not (node.root / DROP_IN).exists()
+    assert not (node.root / "etc/containerd/config.toml.gpuhook.bak").exists()
+    assert os.listdir(node.here(HOST_DIR)) == []
+    node.wait_ready()
+    assert node.starts == 3, text
+    cri = CriClient(socket=node.socket, gen_dir=world.work / "cri_gen")
+    try:
+        import grpc
+
+        config = cri.sandbox_config(name="after", uid="after", log_dir=world.work,
+                                    cgroup_parent=f"/{POD_CGROUP}")
+        with pytest.raises(grpc.RpcError) as info:
+            cri.run_pod_sandbox(config, runtime_handler="nvidia")
+        assert 'no runtime for "nvidia" is configured' in str(info.value.details())
+    finally:
+        cri.close()
+
+
+def test_installing_where_it_is_installed_changes_nothing_and_restarts_nothing(
+        world: World) -> None:
+    node = world.node
+    first = _run(_installer_argv(world, "--no-wait"))
+    assert first.returncode == 0, first.stdout + first.stderr
+    node.wait_ready()
+    starts, before = node.starts, _tree(node.root)
+    second = _run(_installer_argv(world, "--no-wait"))
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "engine: containerd already registered; nothing changed" in second.stdout
+    assert "restart: not needed" in second.stdout
+    assert _tree(node.root) == before
+    time.sleep(0.5)
+    assert node.starts == starts
+    gone = _run([str(GPUHOOK), "node", "uninstall", "--host-root", str(node.root)])
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert node.config.read_bytes() == world.original

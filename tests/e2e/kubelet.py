@@ -70,3 +70,59 @@ def container_config(pb: Any, pod_spec: Mapping[str, Any], container: Mapping[st
         linux=pb.LinuxContainerConfig(
             security_context=security_context(pb, container.get("securityContext", {}))),
     )
+
+
+def podman_args(pod_spec: Mapping[str, Any], container: Mapping[str, Any], *, host_root: str,
+                config_maps: Mapping[str, str]) -> list[str]:
+    """`podman run` flags for the same pod spec, for running a DaemonSet's image on a sandbox
+    node: every hostPath is taken under `host_root` (the sandbox plays the host's /), a
+    configMap volume is the directory `config_maps[name]`; the rest as the kubelet sets it up
+    (hostPID -> --pid host; capabilities; allowPrivilegeEscalation: false ->
+    no-new-privileges; readOnlyRootFilesystem -> --read-only without podman's extra tmpfs;
+    runAsUser; command replaces the image's entrypoint; terminationGracePeriodSeconds -> stop
+    timeout). The pod network is `none` (no CNI here; the installer uses no network). Fields
+    this helper does not know fail the translation instead of being dropped."""
+    known_pod = {"serviceAccountName", "automountServiceAccountToken", "priorityClassName",
+                 "securityContext", "hostPID", "nodeSelector", "tolerations",
+                 "terminationGracePeriodSeconds", "containers", "volumes"}
+    known_ctr = {"name", "image", "imagePullPolicy", "command", "env", "securityContext",
+                 "readinessProbe", "resources", "volumeMounts"}
+    unknown = (set(pod_spec) - known_pod) | (set(container) - known_ctr)
+    if unknown:
+        raise ValueError(f"not translated to podman: {sorted(unknown)}")
+    args = ["--network", "none"]
+    if pod_spec.get("hostPID"):
+        args += ["--pid", "host"]
+    sc = container.get("securityContext", {})
+    if sc.get("privileged"):
+        args.append("--privileged")
+    for cap in sc.get("capabilities", {}).get("drop", []):
+        args += ["--cap-drop", cap]
+    for cap in sc.get("capabilities", {}).get("add", []):
+        args += ["--cap-add", cap]
+    if sc.get("allowPrivilegeEscalation") is False:
+        args += ["--security-opt", "no-new-privileges"]
+    if sc.get("readOnlyRootFilesystem"):
+        args += ["--read-only", "--read-only-tmpfs=false"]
+    if "runAsUser" in sc:
+        args += ["--user", str(sc["runAsUser"])]
+    seccomp = (sc.get("seccompProfile") or (pod_spec.get("securityContext") or {}).get(
+        "seccompProfile") or {}).get("type")
+    if seccomp not in (None, "RuntimeDefault"):  # RuntimeDefault: podman's default profile
+        raise ValueError(f"seccompProfile {seccomp!r} not translated")
+    volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
+    for m in container.get("volumeMounts", []):
+        v = volumes[m["name"]]
+        if "hostPath" in v:
+            src = f"{host_root.rstrip('/')}/{v['hostPath']['path'].lstrip('/')}"
+        elif "configMap" in v:
+            src = config_maps[v["configMap"]["name"]]
+        else:
+            raise ValueError(f"volume {m['name']}: only hostPath and configMap are translated")
+        args += ["-v", f"{src}:{m['mountPath']}" + (":ro" if m.get("readOnly") else "")]
+    for e in container.get("env", []):
+        args += ["--env", f"{e['name']}={e['value']}"]
+    if "terminationGracePeriodSeconds" in pod_spec:
+        args += ["--stop-timeout", str(pod_spec["terminationGracePeriodSeconds"])]
+    command = list(container["command"])
+    return [*args, "--entrypoint", command[0], container["image"], *command[1:]]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import tomlkit
 
+from tests.e2e import device_probe
 from tests.e2e.containerd_harness import (
     CTR,
     MINIMAL_PATH,
@@ -34,6 +35,7 @@ from tests.e2e.containerd_harness import (
     shim_pids,
     unmount_under,
 )
+from tests.e2e.cri.client import CriClient, read_cri_log
 
 SOCKET = "/run/containerd/containerd.sock"  # the host path
 CONFIG = "/etc/containerd/config.toml"
@@ -170,3 +172,78 @@ class SandboxNode:
              f"exec containerd --config {CONFIG} config dump", "sh", str(self.root)],
             capture_output=True, text=True, env={"PATH": MINIMAL_PATH}, timeout=30, check=True)
         return res.stdout
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file (bytes) and symlink (target) under etc/containerd and usr/local/gpuhook; the
+    lock file's pid aside."""
+    found = {}
+    for top in ("etc/containerd", HOST_DIR.lstrip("/")):
+        for dirpath, _dirs, files in os.walk(root / top):
+            for name in files:
+                p = Path(dirpath) / name
+                if name == ".lock":
+                    continue
+                found[str(p.relative_to(root))] = (
+                    os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
+        if (root / HOST_DIR.lstrip("/") / "current").is_symlink():
+            found["current"] = os.readlink(root / HOST_DIR.lstrip("/") / "current").encode()
+    return found
+
+
+def wait_log(path: Path, timeout: float = 5.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = read_cri_log(path) if path.exists() else ""
+        if device_probe.END_MARK in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.05)
+
+
+def gpu_probe_pod(node: SandboxNode, work: Path, image: str, cgroup_parent: str,
+                  gpu: str = "2") -> str:
+    """A pod through the `nvidia` handler (CRI, as the kubelet runs it) whose container has
+    the device plugin's mount for `gpu` and runs the device probe; the probe's output."""
+    cri = CriClient(socket=node.socket, gen_dir=work / "cri_gen")
+    log_dir = work / f"pod-logs-{time.monotonic_ns()}"
+    log_dir.mkdir()
+    try:
+        config = cri.sandbox_config(name=log_dir.name, uid=log_dir.name, log_dir=log_dir,
+                                    cgroup_parent=f"/{cgroup_parent}", privileged=True)
+        pod_id = cri.run_pod_sandbox(config, runtime_handler="nvidia")
+        try:
+            cid = cri.create_container(
+                pod_id, config, name="probe", image=image,
+                command=["sh", "-c", device_probe.script()],
+                env={"NVIDIA_VISIBLE_DEVICES": "all"},
+                mounts=[("/dev/null", f"{device_probe.DEVICE_DIR}/{gpu}")], log_path="probe.log")
+            cri.start_container(cid)
+            st = cri.wait_exited(cid)
+            assert st.exit_code == 0, st
+            out = wait_log(log_dir / "probe.log")
+            cri.remove_container(cid)
+        finally:
+            cri.stop_pod_sandbox(pod_id)
+            cri.remove_pod_sandbox(pod_id)
+    finally:
+        cri.close()
+    return out
+
+
+def nvidia_handler_error(node: SandboxNode, work: Path, cgroup_parent: str) -> str:
+    """RunPodSandbox with the `nvidia` handler must fail now; containerd's error text."""
+    import grpc
+
+    cri = CriClient(socket=node.socket, gen_dir=work / "cri_gen")
+    try:
+        config = cri.sandbox_config(name="after", uid="after", log_dir=work,
+                                    cgroup_parent=f"/{cgroup_parent}")
+        try:
+            pod_id = cri.run_pod_sandbox(config, runtime_handler="nvidia")
+        except grpc.RpcError as e:
+            return str(e.details())
+        cri.stop_pod_sandbox(pod_id)
+        cri.remove_pod_sandbox(pod_id)
+        raise AssertionError("a pod sandbox still ran with the nvidia handler")
+    finally:
+        cri.close()

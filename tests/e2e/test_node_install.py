@@ -35,9 +35,16 @@ import pytest
 
 from tests.e2e import device_probe
 from tests.e2e.containerd_harness import MINIMAL_PATH, remove_cgroups
-from tests.e2e.cri.client import CriClient, read_cri_log
+from tests.e2e.cri.client import CriClient
 from tests.e2e.device_probe import DEVICE_DIR, GPU2
-from tests.e2e.node_harness import HOST_DIR, SandboxNode
+from tests.e2e.node_harness import (
+    HOST_DIR,
+    SandboxNode,
+    gpu_probe_pod,
+    nvidia_handler_error,
+    tree,
+    wait_log,
+)
 from tests.e2e.oci_image import PAUSE_SCRIPT, ImageSpec, find_busybox, write_oci_archive
 from tests.kube_manifests import KUBECTL, container, find, render
 
@@ -114,23 +121,6 @@ def _read_until(proc: subprocess.Popen[str], out: list[str], mark: str,
     raise AssertionError(f"installer did not print {mark!r}:\n" + "\n".join(out))
 
 
-def _tree(root: Path) -> dict[str, bytes]:
-    """Every file (bytes) and symlink (target) under etc/containerd and usr/local/gpuhook; the
-    lock file's pid aside."""
-    found = {}
-    for top in ("etc/containerd", HOST_DIR.lstrip("/")):
-        for dirpath, _dirs, files in os.walk(root / top):
-            for name in files:
-                p = Path(dirpath) / name
-                if name == ".lock":
-                    continue
-                found[str(p.relative_to(root))] = (
-                    os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
-        if (root / HOST_DIR.lstrip("/") / "current").is_symlink():
-            found["current"] = os.readlink(root / HOST_DIR.lstrip("/") / "current").encode()
-    return found
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     work = tmp_path_factory.mktemp("node-install")
@@ -186,43 +176,11 @@ def test_install_registers_the_runtime_through_a_drop_in_and_restarts_containerd
 
 
 def test_a_pod_through_the_nvidia_handler_gets_exactly_its_gpu(world: World) -> None:
-    node = world.node
-    cri = CriClient(socket=node.socket, gen_dir=world.work / "cri_gen")
-    log_dir = world.work / "pod-logs"
-    log_dir.mkdir(exist_ok=True)
-    try:
-        config = cri.sandbox_config(name="node-e2e", uid="node-e2e", log_dir=log_dir,
-                                    cgroup_parent=f"/{POD_CGROUP}", privileged=True)
-        pod_id = cri.run_pod_sandbox(config, runtime_handler="nvidia")
-        try:
-            cid = cri.create_container(
-                pod_id, config, name="probe", image=IMAGE,
-                command=["sh", "-c", device_probe.script()],
-                env={"NVIDIA_VISIBLE_DEVICES": "all"},
-                mounts=[("/dev/null", f"{DEVICE_DIR}/2")], log_path="probe.log")
-            cri.start_container(cid)
-            st = cri.wait_exited(cid)
-            assert st.exit_code == 0, st
-            out = _wait_log(log_dir / "probe.log")
-            cri.remove_container(cid)
-        finally:
-            cri.stop_pod_sandbox(pod_id)
-            cri.remove_pod_sandbox(pod_id)
-    finally:
-        cri.close()
+    out = gpu_probe_pod(world.node, world.work, IMAGE, POD_CGROUP)
     problems = GPU2.check(device_probe.parse(out))
     assert not problems, "\n".join(problems) + "\n--- probe output:\n" + out
     # and it was the bundled gpuhook that decided (its decision log, named in the config)
     assert (world.work / "gpuhook.log").exists()
-
-
-def _wait_log(path: Path, timeout: float = 5.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        text = read_cri_log(path) if path.exists() else ""
-        if device_probe.END_MARK in text or time.monotonic() > deadline:
-            return text
-        time.sleep(0.05)
 
 
 MONITOR = "/dev/nvidia-caps/nvidia-cap2"  # mig-minors of the fake node: monitor 2, config 1
@@ -267,7 +225,7 @@ def _device_plugin_run(world: World, with_monitor: bool) -> tuple[str, str]:
             cri.start_container(cid)
             st = cri.wait_exited(cid)
             assert st.exit_code == 0, st
-            out = _wait_log(log_dir / "dp.log")
+            out = wait_log(log_dir / "dp.log")
             cri.remove_container(cid)
         finally:
             cri.stop_pod_sandbox(pod_id)
@@ -333,17 +291,8 @@ def test_sigterm_restores_containerds_config_byte_for_byte_and_removes_the_runti
     assert os.listdir(node.here(HOST_DIR)) == []
     node.wait_ready()
     assert node.starts == 3, text
-    cri = CriClient(socket=node.socket, gen_dir=world.work / "cri_gen")
-    try:
-        import grpc
-
-        config = cri.sandbox_config(name="after", uid="after", log_dir=world.work,
-                                    cgroup_parent=f"/{POD_CGROUP}")
-        with pytest.raises(grpc.RpcError) as info:
-            cri.run_pod_sandbox(config, runtime_handler="nvidia")
-        assert 'no runtime for "nvidia" is configured' in str(info.value.details())
-    finally:
-        cri.close()
+    details = nvidia_handler_error(node, world.work, POD_CGROUP)
+    assert 'no runtime for "nvidia" is configured' in details, details
 
 
 def test_installing_where_it_is_installed_changes_nothing_and_restarts_nothing(
@@ -352,12 +301,12 @@ def test_installing_where_it_is_installed_changes_nothing_and_restarts_nothing(
     first = _run(_installer_argv(world, "--no-wait"))
     assert first.returncode == 0, first.stdout + first.stderr
     node.wait_ready()
-    starts, before = node.starts, _tree(node.root)
+    starts, before = node.starts, tree(node.root)
     second = _run(_installer_argv(world, "--no-wait"))
     assert second.returncode == 0, second.stdout + second.stderr
     assert "engine: containerd already registered; nothing changed" in second.stdout
     assert "restart: not needed" in second.stdout
-    assert _tree(node.root) == before
+    assert tree(node.root) == before
     time.sleep(0.5)
     assert node.starts == starts
     gone = _run([str(GPUHOOK), "node", "uninstall", "--host-root", str(node.root)])

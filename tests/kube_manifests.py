@@ -19,6 +19,7 @@ KUBECTL = Path(sys.executable).parent / "kubectl"
 # kind -> the kubernetes client's model (what the API server's schema says the object is)
 MODELS = {
     ("v1", "Namespace"): "V1Namespace",
+    ("v1", "Pod"): "V1Pod",
     ("v1", "ServiceAccount"): "V1ServiceAccount",
     ("v1", "ConfigMap"): "V1ConfigMap",
     ("apps/v1", "DaemonSet"): "V1DaemonSet",

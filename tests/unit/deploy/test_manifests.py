@@ -57,6 +57,14 @@ def test_every_object_round_trips_through_its_kubernetes_api_model(
         assert _drop_nulls(round_trip(obj)) == obj, f"{obj['kind']} {obj['metadata']['name']}"
 
 
+def test_the_example_gpu_pod_round_trips_and_asks_for_one_gpu_through_nvidia() -> None:
+    (pod,) = [d for d in yaml.safe_load_all((DEPLOY / "examples" / "gpu-pod.yaml").read_text())
+              if d]
+    assert _drop_nulls(round_trip(pod)) == pod
+    assert pod["spec"]["runtimeClassName"] == "nvidia"
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
 def test_a_misspelt_field_is_caught_by_the_round_trip(objs: list[dict[str, Any]]) -> None:
     """The check above can fail: a field the model does not know does not come back."""
     ds = json.loads(json.dumps(find(objs, "DaemonSet", "gpuhook-node")))
@@ -70,6 +78,9 @@ def test_the_policy_scan_reports_nothing_that_is_not_justified_in_the_manifests(
     if not CHECKOV.exists():
         pytest.skip("checkov missing: pip install checkov (pyproject test extra)")
     rendered = tmp_path / "rendered.yaml"
+    example = [d for d in yaml.safe_load_all((DEPLOY / "examples" / "gpu-pod.yaml").read_text())
+               if d]
+    objs = [*objs, *example]
     rendered.write_text(yaml.safe_dump_all(objs))
     res = subprocess.run(
         [str(CHECKOV), "-f", str(rendered), "--framework", "kubernetes", "--skip-download",

@@ -100,7 +100,7 @@ def test_a_failed_restart_undoes_the_install(tmp_path: Path) -> None:
     assert not (root / "etc/containerd/conf.d/99-gpuhook.toml").exists()
     assert not (root / "etc/containerd/config.toml.gpuhook.bak").exists()
     left = sorted(os.listdir(root / "usr/local/gpuhook"))
-    assert left == [".lock"], left  # the (empty) lock file of the failed run stays
+    assert left == [".lock"], left  # the failed run's lock file stays
 
 
 def test_crio_gets_a_drop_in_naming_the_host_runtime_path(tmp_path: Path) -> None:

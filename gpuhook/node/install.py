@@ -29,7 +29,7 @@ import fcntl
 import os
 import shutil
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,7 +205,9 @@ def engine_step(opts: NodeOptions, install: bool) -> dict[str, Any]:
     plan = engines.plan_install if install else engines.plan_uninstall
     changes, _ = plan(eopts)
     out: dict[str, Any] = {"effective": effective(changes),
-                           "changed": any(c.changes for c in changes)}
+                           "changed": any(c.changes for c in changes),
+                           "made_dirs": _missing_dirs(c.path for c in changes
+                                                      if c.changes and c.new is not None)}
     if opts.dry_run:
         out["diff"] = engines.diff(changes)
         out["lines"] = []
@@ -214,14 +216,29 @@ def engine_step(opts: NodeOptions, install: bool) -> dict[str, Any]:
     return out
 
 
-def run_engine(opts: NodeOptions, install: bool, echo: Echo) -> bool:
-    """The engine's registration (or its removal) on the host; whether to restart."""
+def _missing_dirs(paths: Iterable[str]) -> list[str]:
+    """The directories writing `paths` will create, deepest first."""
+    missing: set[str] = set()
+    for path in paths:
+        d = os.path.dirname(path)
+        while d not in ("", "/") and not os.path.isdir(d):
+            missing.add(d)
+            d = os.path.dirname(d)
+    return sorted(missing, key=lambda d: d.count("/"), reverse=True)
+
+
+def run_engine(opts: NodeOptions, install: bool, echo: Echo,
+               made_dirs: list[str] | None = None) -> bool:
+    """The engine's registration (or its removal) on the host; whether to restart. The host
+    directories the writes created are appended to `made_dirs`."""
     from gpuhook.engines import InstallError
 
     try:
         out = hostroot.run_in_root(opts.host_root, lambda: engine_step(opts, install))
     except (hostroot.HostRootError, InstallError, OSError) as e:
         raise NodeError(f"engine: {opts.runtime} in {opts.host_root}: {e}") from None
+    if made_dirs is not None and not opts.dry_run:
+        made_dirs.extend(out["made_dirs"])
     for line in out["lines"]:
         echo(f"engine: {line}")
     if opts.dry_run and out["diff"]:
@@ -251,16 +268,18 @@ def run_restart(opts: NodeOptions, needed: bool, echo: Echo) -> None:
 
 # ---- install / uninstall / run ---------------------------------------------------------------
 
-def install(opts: NodeOptions, echo: Echo) -> None:
+def install(opts: NodeOptions, echo: Echo) -> list[str]:
+    """Returns the host directories the engine step created (for the undo)."""
     undo: list[Callable[[], None]] = []
+    made: list[str] = []
     try:
         for step in (install_payload, install_config):
             u = step(opts, echo)
             if u is not None:
                 undo.append(u)
-        needed = run_engine(opts, True, echo)
+        needed = run_engine(opts, True, echo, made)
         if needed and not opts.dry_run:
-            undo.append(lambda: _undo_engine(opts))
+            undo.append(lambda: _undo_engine(opts, made))
         run_restart(opts, needed, echo)
     except BaseException as e:
         for u in reversed(undo):
@@ -270,14 +289,29 @@ def install(opts: NodeOptions, echo: Echo) -> None:
             echo(f"install failed; undone what it had done ({e})")
         raise
     echo("installed" + (" (dry run: nothing written)" if opts.dry_run else ""))
+    return made
 
 
-def _undo_engine(opts: NodeOptions) -> None:
+def _undo_engine(opts: NodeOptions, made_dirs: list[str]) -> None:
     run_engine(opts, False, lambda _line: None)
+    _remove_dirs(opts, made_dirs, lambda _line: None)
 
 
-def uninstall(opts: NodeOptions, echo: Echo) -> None:
+def _remove_dirs(opts: NodeOptions, made_dirs: list[str], echo: Echo) -> None:
+    """rmdir what the install created (an engine drop-in dir), if nothing else is in it now."""
+    for d in made_dirs:
+        try:
+            os.rmdir(opts.here(d))
+            echo(f"remove: {d} (made by the install, empty now)")
+        except OSError:
+            pass  # not empty (someone else's files), or gone
+
+
+def uninstall(opts: NodeOptions, echo: Echo, made_dirs: list[str] | None = None) -> None:
+    """`made_dirs`: the directories the install created, known when this process installed."""
     needed = run_engine(opts, False, echo)
+    if made_dirs and not opts.dry_run:
+        _remove_dirs(opts, made_dirs, echo)
     run_restart(opts, needed, echo)
     parent = opts.here(payload.HOST_DIR)
     gone = [*payload.bundle_dirs(parent), payload.CURRENT, payload.CONFIG_NAME]
@@ -308,13 +342,13 @@ def run(opts: NodeOptions, echo: Echo, wait: bool = True) -> None:
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WAIT_SIGNALS)
     try:
         with locked(opts, echo):
-            install(opts, echo)
+            made = install(opts, echo)
             if not wait:
                 return
             echo("waiting for SIGTERM to undo the install")
             got = signal.sigwait(WAIT_SIGNALS)
             echo(f"{signal.Signals(got).name}: undoing the install")
-            uninstall(opts, echo)
+            uninstall(opts, echo, made)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 

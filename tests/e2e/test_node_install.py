@@ -287,6 +287,8 @@ def test_sigterm_restores_containerds_config_byte_for_byte_and_removes_the_runti
     assert "SIGTERM: undoing the install" in text
     assert node.config.read_bytes() == world.original
     assert not (node.root / DROP_IN).exists()
+    assert sorted(os.listdir(node.root / "etc/containerd")) == ["config.toml"], (
+        "the conf.d directory the install made must go too")
     assert not (node.root / "etc/containerd/config.toml.gpuhook.bak").exists()
     assert os.listdir(node.here(HOST_DIR)) == []
     node.wait_ready()

@@ -154,11 +154,7 @@ def install_config(opts: NodeOptions, echo: Echo) -> Callable[[], None] | None:
 
     host = f"{payload.HOST_DIR}/{payload.CONFIG_NAME}"
     path = opts.here(host)
-    try:
-        with open(path, "rb") as f:
-            old: bytes | None = f.read()
-    except FileNotFoundError:
-        old = None
+    old = _read_or_none(path)
     if old == opts.config:
         echo(f"config: {host} unchanged")
         return None
@@ -268,8 +264,7 @@ def run_restart(opts: NodeOptions, needed: bool, echo: Echo) -> None:
 
 # ---- install / uninstall / run ---------------------------------------------------------------
 
-def install(opts: NodeOptions, echo: Echo) -> list[str]:
-    """Returns the host directories the engine step created (for the undo)."""
+def install(opts: NodeOptions, echo: Echo) -> None:
     undo: list[Callable[[], None]] = []
     made: list[str] = []
     try:
@@ -280,6 +275,8 @@ def install(opts: NodeOptions, echo: Echo) -> list[str]:
         needed = run_engine(opts, True, echo, made)
         if needed and not opts.dry_run:
             undo.append(lambda: _undo_engine(opts, made))
+        if made and not opts.dry_run:
+            undo.append(_remember_dirs(opts, made))
         run_restart(opts, needed, echo)
     except BaseException as e:
         for u in reversed(undo):
@@ -289,7 +286,6 @@ def install(opts: NodeOptions, echo: Echo) -> list[str]:
             echo(f"install failed; undone what it had done ({e})")
         raise
     echo("installed" + (" (dry run: nothing written)" if opts.dry_run else ""))
-    return made
 
 
 def _undo_engine(opts: NodeOptions, made_dirs: list[str]) -> None:
@@ -307,14 +303,59 @@ def _remove_dirs(opts: NodeOptions, made_dirs: list[str], echo: Echo) -> None:
             pass  # not empty (someone else's files), or gone
 
 
-def uninstall(opts: NodeOptions, echo: Echo, made_dirs: list[str] | None = None) -> None:
-    """`made_dirs`: the directories the install created, known when this process installed."""
+def _state_path(opts: NodeOptions) -> str:
+    return opts.here(f"{payload.HOST_DIR}/{payload.STATE_NAME}")
+
+
+def _remembered_dirs(opts: NodeOptions) -> list[str]:
+    import json
+
+    try:
+        with open(_state_path(opts), "rb") as f:
+            state = json.loads(f.read(1 << 16))
+    except (FileNotFoundError, ValueError):
+        return []
+    dirs = state.get("made_dirs", []) if isinstance(state, dict) else []
+    return [d for d in dirs if isinstance(d, str) and d.startswith("/") and ".." not in d]
+
+
+def _remember_dirs(opts: NodeOptions, made: list[str]) -> Callable[[], None]:
+    """Keep, on the host, which directories the install created: a later undo (after a SIGKILL,
+    by another pod) removes them too. Returns the undo of this."""
+    import json
+
+    from gpuhook.atomic import write_atomic
+
+    path = _state_path(opts)
+    old = _read_or_none(path)
+    dirs = sorted(set(_remembered_dirs(opts)) | set(made), key=lambda d: (-d.count("/"), d))
+    write_atomic(path, (json.dumps({"made_dirs": dirs}, indent=1) + "\n").encode())
+
+    def undo() -> None:
+        if old is None:
+            os.unlink(path)
+        else:
+            write_atomic(path, old)
+
+    return undo
+
+
+def _read_or_none(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def uninstall(opts: NodeOptions, echo: Echo) -> None:
     needed = run_engine(opts, False, echo)
-    if made_dirs and not opts.dry_run:
-        _remove_dirs(opts, made_dirs, echo)
+    if not opts.dry_run:
+        _remove_dirs(opts, _remembered_dirs(opts), echo)
     run_restart(opts, needed, echo)
     parent = opts.here(payload.HOST_DIR)
-    gone = [*payload.bundle_dirs(parent), payload.CURRENT, payload.CONFIG_NAME]
+    gone = [*payload.bundle_dirs(parent), payload.CURRENT, payload.CONFIG_NAME,
+            payload.STATE_NAME]
     for name in gone:
         path = os.path.join(parent, name)
         if not os.path.lexists(path):
@@ -342,13 +383,13 @@ def run(opts: NodeOptions, echo: Echo, wait: bool = True) -> None:
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WAIT_SIGNALS)
     try:
         with locked(opts, echo):
-            made = install(opts, echo)
+            install(opts, echo)
             if not wait:
                 return
             echo("waiting for SIGTERM to undo the install")
             got = signal.sigwait(WAIT_SIGNALS)
             echo(f"{signal.Signals(got).name}: undoing the install")
-            uninstall(opts, echo, made)
+            uninstall(opts, echo)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 

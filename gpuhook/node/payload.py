@@ -16,6 +16,7 @@ Layout on the host (HOST_DIR is the DaemonSet's one hostPath for it):
       <id>/lib/python3.11/          the standard library (sys.prefix is <id>)
       <id>/site/                    gpuhook, click, yaml, tomlkit, prctl, pynvml
       config.toml                   gpuhook's config ($GPUHOOK_CONFIG of both launchers)
+      state.json                    host directories the install created (for the undo)
       .lock                         one `gpuhook node install` per node
 
 <id> is a digest of every file's bundle path, mode and content, so a bundle that is already
@@ -42,6 +43,7 @@ HOST_DIR = "/usr/local/gpuhook"
 CURRENT = "current"
 CONFIG_NAME = "config.toml"
 LOCK_NAME = ".lock"
+STATE_NAME = "state.json"  # what the undo needs to know beyond the engine's own backups
 COMPLETE = ".complete"  # written last into a bundle dir: a dir without it is a torn copy
 ID_PREFIX = "gpuhook-"
 LAUNCHER_FORMAT = "1"  # part of the digest: a change to launcher() makes a new <id>

@@ -314,3 +314,5 @@ def test_installing_where_it_is_installed_changes_nothing_and_restarts_nothing(
     gone = _run([str(GPUHOOK), "node", "uninstall", "--host-root", str(node.root)])
     assert gone.returncode == 0, gone.stdout + gone.stderr
     assert node.config.read_bytes() == world.original
+    # another process than the installer: what the install created is known from the host
+    assert sorted(os.listdir(node.root / "etc/containerd")) == ["config.toml"]

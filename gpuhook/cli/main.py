@@ -163,6 +163,7 @@ def _register() -> None:
     from gpuhook.cli.explain import explain
     from gpuhook.cli.install import install, uninstall
     from gpuhook.cli.inventory import inventory
+    from gpuhook.cli.node import node
 
     cli.add_command(install)
     cli.add_command(uninstall)
@@ -170,6 +171,7 @@ def _register() -> None:
     cli.add_command(explain)
     cli.add_command(doctor)
     cli.add_command(cdi)
+    cli.add_command(node)
 
 
 _register()

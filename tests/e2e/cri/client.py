@@ -126,6 +126,13 @@ class CriClient:
         )
         return str(self._stub.CreateContainer(req, timeout=self.timeout).container_id)
 
+    def create_container_from(self, pod_id: str, sandbox_config: Any, config: Any) -> str:
+        """CreateContainer with a ContainerConfig built by the caller (tests/e2e/kubelet.py)."""
+        req = self.pb.CreateContainerRequest(
+            pod_sandbox_id=pod_id, config=config, sandbox_config=sandbox_config
+        )
+        return str(self._stub.CreateContainer(req, timeout=self.timeout).container_id)
+
     def start_container(self, container_id: str) -> None:
         req = self.pb.StartContainerRequest(container_id=container_id)
         self._stub.StartContainer(req, timeout=self.timeout)

@@ -46,7 +46,13 @@ def _echo(line: str) -> None:
 
 @click.group()
 def node() -> None:
-    """Install gpuhook on this Kubernetes node from a container (the DaemonSet's command)."""
+    """Install gpuhook on this Kubernetes node from a container (the DaemonSet's command).
+
+    \b
+    Examples:
+      gpuhook node install --host-root /host --dry-run
+      gpuhook node status --host-root /host
+    """
 
 
 @node.command("install")

@@ -53,7 +53,8 @@ def bare_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(HOSTS / "8xa100-mig", root / "data" / "host")
     shutil.copy2(INVENTORIES / "8xa100-mig.yaml", root / "data" / "inventory.yaml")
     (root / "data" / "config.toml").write_text(
-        'inventory = "/data/inventory.yaml"\nhost-root = "/data/host"\nlog-file = "/data/log"\n')
+        'inventory = "/data/inventory.yaml"\nhost-root = "/data/host"\nlog-file = "/data/log"\n'
+        'driver-files = false\n')  # the shipped fake host has no driver user-space
     return root
 
 

@@ -56,11 +56,14 @@ def load_config(explicit: str | None = None,
     path = find_config_path(explicit, os.environ if environ is None else environ)
     if path is None:
         return Config()
+    from gpuhook.limits import MAX_CONFIG_BYTES, read_regular
+
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_regular(path, MAX_CONFIG_BYTES)
     except OSError as e:
         raise InputError(f"config {path}: {e.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise InputError(f"config {path}: larger than {MAX_CONFIG_BYTES} bytes")
     return parse_config(data, path)
 
 
@@ -71,6 +74,10 @@ def parse_config(data: bytes, origin: str) -> Config:
         table = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise InputError(f"config {origin}: {e}") from None
+    except ValueError as e:  # an integer past Python's digit limit
+        raise InputError(f"config {origin}: {e}") from None
+    except RecursionError:
+        raise InputError(f"config {origin}: nested too deeply") from None
     values: dict[str, Any] = {}
     for key, value in table.items():
         name = _KEYS.get(key)

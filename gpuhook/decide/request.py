@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from gpuhook.decide.spec import SpecView
 from gpuhook.errors import InputError
 from gpuhook.limits import DEV_NULL
+from gpuhook.text import decimal
 
 ENV_VISIBLE = "NVIDIA_VISIBLE_DEVICES"
 ENV_DRIVER_CAPS = "NVIDIA_DRIVER_CAPABILITIES"
@@ -24,7 +25,8 @@ SUPPORTED_DRIVER_CAPS = ("compat32", "compute", "display", "graphics", "ngx", "u
 DEFAULT_DRIVER_CAPS = ("compute", "utility")
 MAX_IDS = 4096
 MAX_ID_LEN = 256
-_ID_CHARS = re.compile(r"^[A-Za-z0-9:_.\-]+$")
+# Matched with fullmatch: `$` also matches before a trailing newline ("0\n").
+_ID_CHARS = re.compile(r"[A-Za-z0-9:_.\-]+")
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ def _under_root(destination: str, root: str) -> str | None:
 
 
 def _check_id(device_id: str, where: str) -> None:
-    if len(device_id) > MAX_ID_LEN or not _ID_CHARS.match(device_id):
+    if len(device_id) > MAX_ID_LEN or not _ID_CHARS.fullmatch(device_id):
         raise InputError(f"{where}: malformed device id {device_id[:80]!r}")
 
 
@@ -198,6 +200,7 @@ def requirements(env: Mapping[str, str], legacy: bool) -> tuple[tuple[str, str],
             if k.startswith(ENV_REQUIRE_PREFIX) and v.strip()]
     if legacy:
         parts = env[ENV_CUDA_VERSION].split(".")
-        if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
-            reqs.append((ENV_CUDA_VERSION, f"cuda>={parts[0]}.{parts[1]}"))
+        major, minor = (decimal(p) for p in [*parts, "", ""][:2])
+        if major is not None and minor is not None:
+            reqs.append((ENV_CUDA_VERSION, f"cuda>={major}.{minor}"))
     return tuple(reqs)

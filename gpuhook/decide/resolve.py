@@ -8,10 +8,12 @@ from dataclasses import dataclass
 
 from gpuhook.errors import ResolveError
 from gpuhook.inventory.model import Gpu, Inventory, MigDevice
+from gpuhook.text import MAX_DIGITS, decimal
 
-_INDEX = re.compile(r"^\d+$")
-_MIG_INDEX = re.compile(r"^(\d+):(\d+)$")
-_CONSTRAINT = re.compile(r"^(cuda|driver|arch|brand)\s*(>=|<=|==|=|>|<)\s*(.+)$")
+# fullmatch, ASCII: `$` would accept a trailing newline and `\d` accepts any Unicode digit.
+_INDEX = re.compile(r"[0-9]+")
+_MIG_INDEX = re.compile(r"([0-9]+):([0-9]+)")
+_CONSTRAINT = re.compile(r"(cuda|driver|arch|brand)[ \t]*(>=|<=|==|=|>|<)[ \t]*(\S+)")
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,10 @@ def _resolve_one(device_id: str, inv: Inventory, allow_full: bool) -> list[Resol
             else:
                 out.append(Resolved(gpu))
         return out
-    if _INDEX.match(device_id):
+    if _INDEX.fullmatch(device_id):
         gpu = _gpu_by(lambda g: g.index == int(device_id), inv, device_id)
         return [_full(gpu, device_id, allow_full)]
-    m = _MIG_INDEX.match(device_id)
+    m = _MIG_INDEX.fullmatch(device_id)
     if m:
         gpu = _gpu_by(lambda g: g.index == int(m.group(1)), inv, device_id)
         for mig in gpu.mig_devices:
@@ -135,7 +137,7 @@ def _alternative(alternative: str, inv: Inventory) -> tuple[bool | None, str]:
     when one cannot be judged here (arch, brand), else True."""
     unjudged = ""
     for constraint in alternative.split(","):
-        m = _CONSTRAINT.match(constraint.strip())
+        m = _CONSTRAINT.fullmatch(constraint.strip())
         if not m:
             raise ResolveError(f"requirement {constraint!r}: expected e.g. cuda>=12.0")
         key, op, want = m.groups()
@@ -149,10 +151,11 @@ def _alternative(alternative: str, inv: Inventory) -> tuple[bool | None, str]:
 
 
 def _version(text: str, key: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in text.strip().split("."))
-    except ValueError:
-        raise ResolveError(f"{key} version {text!r} is not dotted numbers") from None
+    parts = tuple(decimal(p) for p in text.strip().split("."))
+    if None in parts:
+        raise ResolveError(f"{key} version {text!r} is not dotted numbers (ASCII digits, at "
+                           f"most {MAX_DIGITS} each)")
+    return parts  # type: ignore[return-value]  # no None left
 
 
 def _compare(have: tuple[int, ...], op: str, want: tuple[int, ...]) -> bool:

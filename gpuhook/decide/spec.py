@@ -62,6 +62,9 @@ def decode_json(data: bytes, what: str) -> object:
                          ) from None
     except RecursionError:
         raise InputError(f"{what}: invalid JSON: nested too deeply") from None
+    except ValueError:  # not a JSONDecodeError: an integer past Python's digit limit
+        raise InputError(f"{what}: invalid JSON: a number with more digits than Python "
+                         "converts (sys.get_int_max_str_digits)") from None
 
 
 def parse_spec(data: bytes, what: str = "config.json") -> SpecView:

@@ -51,6 +51,7 @@ from gpuhook.host.proc import (
     parse_proc_devices,
 )
 from gpuhook.inventory.model import Inventory
+from gpuhook.limits import open_regular
 
 FORMAT = "gpuhook-inventory-snapshot/1"
 NVML = "nvml"
@@ -94,9 +95,12 @@ def source_key(inventory: str) -> dict[str, Any]:
         return {"backend": NVML}
     path = os.path.abspath(inventory)
     try:
-        with open(path, "rb", buffering=0) as f:
-            st = os.fstat(f.fileno())
-            data = _read_limited(f.fileno(), path)
+        fd = open_regular(path)
+        try:
+            st = os.fstat(fd)
+            data = _read_limited(fd, path)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise HostError(f"inventory {path}: {e.strerror}") from None
     return {"backend": "file", "path": path, "content": _text(data), "size": st.st_size,
@@ -105,8 +109,11 @@ def source_key(inventory: str) -> dict[str, Any]:
 
 def _content(path: str) -> str | None:
     try:
-        with open(path, "rb", buffering=0) as f:
-            data = _read_limited(f.fileno(), path)
+        fd = open_regular(path)
+        try:
+            data = _read_limited(fd, path)
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         return None
     except OSError as e:

@@ -10,9 +10,11 @@ from typing import Any
 from gpuhook.config import Config, load_config
 from gpuhook.decide.spec import MAX_SPEC_BYTES, parse_spec, parse_state
 from gpuhook.errors import ApplyError, GpuhookError
+from gpuhook.limits import MAX_MESSAGE_CHARS
 from gpuhook.runtime.bundle import read_limited
 from gpuhook.runtime.decision_log import log_decision, plan_record
 from gpuhook.runtime.pipeline import plan_for_spec
+from gpuhook.text import escape
 
 
 def run(config_path: str | None, state_raw: bytes, spec_raw: bytes | None) -> int:
@@ -23,8 +25,13 @@ def run(config_path: str | None, state_raw: bytes, spec_raw: bytes | None) -> in
         config = load_config(config_path)
         return _decide_and_apply(config, state_raw, spec_raw, record)
     except GpuhookError as e:
-        record.update(decision="refused", error=str(e))
-        print(f"gpuhook: {record.get('id', '?')}: {e}", file=sys.stderr)
+        # "apply-failed" (set where the apply failed) says more than "refused": keep it.
+        if record.get("decision") != "apply-failed":
+            record["decision"] = "refused"
+        record["error"] = str(e)
+        # Container text (ids, env values, paths) is in messages: one line, printable, bounded.
+        print("gpuhook: " + escape(f"{record.get('id', '?')}: {e}", MAX_MESSAGE_CHARS),
+              file=sys.stderr)
         return e.exit_code
     finally:
         if config is not None and len(record) > 1:

@@ -189,16 +189,11 @@ def exec_runtime(runtime: str, argv: list[str]) -> None:
 
 def read_spec(bundle: str) -> tuple[str, bytes]:
     """<bundle>/config.json's path and bytes (at most the spec limit + 1)."""
+    from gpuhook.runtime.bundle import read_limited
     from gpuhook.runtime.fastpath import MAX_SPEC_BYTES
 
     path = os.path.join(bundle, "config.json")
-    try:
-        with open(path, "rb") as f:
-            return path, f.read(MAX_SPEC_BYTES + 1)
-    except OSError as e:
-        from gpuhook.errors import InputError
-
-        raise InputError(f"spec {path}: {e.strerror}") from None
+    return path, read_limited(path, MAX_SPEC_BYTES, "spec")
 
 
 def might_request(raw: bytes) -> bool:
@@ -251,7 +246,13 @@ def prepare_bundle(path: str, raw: bytes, config: Config, record: dict[str, Any]
                          "written back") from None
     from gpuhook.atomic import write_atomic
 
-    write_atomic(path, data.encode())
+    try:
+        encoded = data.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (`"\ud800"` in the JSON) has no UTF-8 form: write it back escaped,
+        # as it came in, which Go's decoder in runc reads exactly as before.
+        encoded = json.dumps(edited, separators=(",", ":"), allow_nan=False).encode()
+    write_atomic(path, encoded)
     return "edited"
 
 
@@ -292,6 +293,11 @@ def runtime_log_line(message: str, log_format: str, now: float | None = None) ->
 
 
 def report(message: str, inv: Invocation) -> None:
+    from gpuhook.limits import MAX_MESSAGE_CHARS
+    from gpuhook.text import escape
+
+    # Container text (ids, env values, paths) is in messages: one line, printable, bounded.
+    message = escape(message, MAX_MESSAGE_CHARS)
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
     if not inv.log_path:
         return

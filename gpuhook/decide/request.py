@@ -82,11 +82,6 @@ def extract_request(spec: SpecView, volume_mount_root: str) -> Request:
     )
 
 
-def loggable_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The env keys gpuhook acts on, and only those: the rest may hold secrets."""
-    return {k: v for k, v in env.items() if k.startswith("NVIDIA_") or k == ENV_CUDA_VERSION}
-
-
 def privilege(spec: SpecView) -> tuple[bool, str]:
     if CAP_SYS_ADMIN in spec.capabilities:
         return True, "CAP_SYS_ADMIN is in process.capabilities.bounding"

@@ -100,6 +100,12 @@ def _check(origin: str, key: str, name: str, value: object) -> object:
         if not isinstance(value, list) or not value or not all(
                 isinstance(v, str) and v for v in value):
             raise InputError(f"config {origin}: {key} must be a non-empty list of strings")
+        if name == "runtimes":
+            bad = [v for v in value if "/" in v and not v.startswith("/")]
+            if bad:
+                raise InputError(f"config {origin}: {key}: {bad[0]!r} is a relative path; "
+                                 "name a runtime by an absolute path or a bare name looked "
+                                 "up on PATH's absolute entries")
         return tuple(value)
     if type(value) is not type(default):
         raise InputError(f"config {origin}: {key} must be {type(default).__name__}, "

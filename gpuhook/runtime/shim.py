@@ -144,20 +144,30 @@ def self_paths(argv0: str, path_env: str) -> set[str]:
     if os.path.isfile(installed):
         found.add(os.path.realpath(installed))
     if os.sep not in argv0:
-        for d in path_env.split(os.pathsep):
-            cand = os.path.join(d or ".", argv0)
+        for d in absolute_path_dirs(path_env):
+            cand = os.path.join(d, argv0)
             if os.path.isfile(cand):
                 found.add(os.path.realpath(cand))
     return found
 
 
+def absolute_path_dirs(path_env: str) -> list[str]:
+    """The absolute entries of a PATH value. Empty and relative entries are skipped, as Go's
+    exec.LookPath does since Go 1.19: they name the current directory, which is the bundle or
+    wherever containerd happens to run us, never a place to take a runtime from."""
+    return [d for d in path_env.split(os.pathsep) if d.startswith("/")]
+
+
 def find_runtime(names: tuple[str, ...], path_env: str, exclude: set[str]) -> str:
-    """The first executable of `names` (absolute paths, or names looked up on PATH) that is not
-    this program."""
+    """The first executable of `names` (absolute paths, or bare names looked up on the absolute
+    PATH entries) that is not this program. A relative path is never run."""
     tried: list[str] = []
     for name in names:
-        cands = [name] if os.sep in name else [os.path.join(d or ".", name)
-                                               for d in path_env.split(os.pathsep)]
+        if os.sep in name and not name.startswith("/"):
+            tried.append(f"{name} (a relative path: refused)")
+            continue
+        cands = [name] if os.sep in name else [os.path.join(d, name)
+                                               for d in absolute_path_dirs(path_env)]
         seen = False
         for cand in cands:
             if not (os.path.isfile(cand) and os.access(cand, os.X_OK)):
@@ -271,10 +281,10 @@ def gpuhook_executable(argv0: str | None = None) -> str:
     """`gpuhook` next to this program (same bin dir), else next to the interpreter, else PATH."""
     dirs = [os.path.dirname(os.path.abspath(argv0 or sys.argv[0])),
             os.path.dirname(sys.executable)]
-    dirs += os.environ.get("PATH", DEFAULT_PATH).split(os.pathsep)
+    dirs += absolute_path_dirs(os.environ.get("PATH", DEFAULT_PATH))
     for d in dirs:
         cand = os.path.join(d, "gpuhook")
-        if d and os.path.isfile(cand) and os.access(cand, os.X_OK):
+        if os.path.isfile(cand) and os.access(cand, os.X_OK):
             return cand
     raise ShimError(f"hook mode: no gpuhook executable next to {argv0 or sys.argv[0]}, "
                     f"{sys.executable} or on PATH")

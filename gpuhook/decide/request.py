@@ -25,6 +25,8 @@ SUPPORTED_DRIVER_CAPS = ("compat32", "compute", "display", "graphics", "ngx", "u
 DEFAULT_DRIVER_CAPS = ("compute", "utility")
 MAX_IDS = 4096
 MAX_ID_LEN = 256
+MAX_VISIBLE_CHARS = MAX_IDS * (MAX_ID_LEN + 1)  # MAX_IDS ids of MAX_ID_LEN, comma-separated
+MAX_UNKNOWN_CAPS = 16  # unsupported driver capabilities named in a note, at most
 # Matched with fullmatch: `$` also matches before a trailing newline ("0\n").
 _ID_CHARS = re.compile(r"[A-Za-z0-9:_.\-]+")
 
@@ -92,7 +94,7 @@ def privilege(spec: SpecView) -> tuple[bool, str]:
 
 def _mount_requests(spec: SpecView, root: str
                     ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[Ignored, ...]]:
-    ids: list[str] = []
+    ids: dict[str, None] = {}  # insertion-ordered set: deduplication in linear time
     caps: list[str] = []
     ignored: list[Ignored] = []
     for mount in spec.mounts:
@@ -119,10 +121,9 @@ def _mount_requests(spec: SpecView, root: str
                 caps.append(rel)
         else:
             _check_id(rel, f"volume mount {mount.destination!r}")
-            if rel not in ids:
-                ids.append(rel)
-    if len(ids) > MAX_IDS:
-        raise InputError(f"{len(ids)} device ids in volume mounts, more than {MAX_IDS}")
+            ids[rel] = None
+            if len(ids) > MAX_IDS:  # checked as they come: no work past the limit
+                raise InputError(f"more than {MAX_IDS} device ids in volume mounts")
     return tuple(ids), tuple(caps), tuple(ignored)
 
 
@@ -156,11 +157,11 @@ def parse_visible_devices(env: Mapping[str, str]) -> EnvDevices | None:
         if ENV_CUDA_VERSION in env and "NVIDIA_REQUIRE_CUDA" not in env:
             return EnvDevices(raw="", kind="all", ids=("all",), legacy=True)
         return None
-    items: list[str] = []
-    for part in raw.split(","):
-        item = part.strip()
-        if item and item not in items:
-            items.append(item)
+    if len(raw) > MAX_VISIBLE_CHARS:  # before any loop over it
+        raise InputError(f"{ENV_VISIBLE}: {len(raw)} characters, more than {MAX_VISIBLE_CHARS} "
+                         f"({MAX_IDS} ids of at most {MAX_ID_LEN})")
+    # An insertion-ordered set: deduplication in linear time.
+    items = list(dict.fromkeys(item for item in (p.strip() for p in raw.split(",")) if item))
     if not items or "void" in items:
         return EnvDevices(raw=raw, kind="void")
     if "all" in items:
@@ -180,11 +181,14 @@ def driver_capabilities(env: Mapping[str, str]
     raw = env.get(ENV_DRIVER_CAPS)
     if raw is None or not raw.strip():
         return None, ()
-    asked = [c.strip() for c in raw.split(",") if c.strip()]
+    asked = list(dict.fromkeys(c.strip() for c in raw.split(",") if c.strip()))
     if "all" in asked:
         return SUPPORTED_DRIVER_CAPS, ()
-    caps = tuple(c for c in SUPPORTED_DRIVER_CAPS if c in asked)
-    unknown = tuple(dict.fromkeys(c for c in asked if c not in SUPPORTED_DRIVER_CAPS))
+    wanted = set(asked)
+    caps = tuple(c for c in SUPPORTED_DRIVER_CAPS if c in wanted)
+    unknown = tuple(c[:64] for c in asked if c not in SUPPORTED_DRIVER_CAPS)
+    if len(unknown) > MAX_UNKNOWN_CAPS:
+        unknown = (*unknown[:MAX_UNKNOWN_CAPS], f"(and {len(unknown) - MAX_UNKNOWN_CAPS} more)")
     return caps, unknown
 
 

@@ -84,9 +84,21 @@ def extract_request(spec: SpecView, volume_mount_root: str) -> Request:
     )
 
 
+def is_privileged(spec: SpecView) -> bool:
+    """Host privilege: CAP_SYS_ADMIN in the bounding set and no user namespace. In a user
+    namespace the capabilities are that namespace's: the kernel checks mknod, the device cgroup
+    and every host device against the initial namespace, where the container holds nothing,
+    whatever its uidMappings say (even container root mapped to host uid 0 only changes file
+    ownership). So a user-namespaced container is unprivileged, and its env is not trusted."""
+    return CAP_SYS_ADMIN in spec.capabilities and not spec.user_namespace
+
+
 def privilege(spec: SpecView) -> tuple[bool, str]:
+    if is_privileged(spec):
+        return True, "CAP_SYS_ADMIN is in process.capabilities.bounding, no user namespace"
     if CAP_SYS_ADMIN in spec.capabilities:
-        return True, "CAP_SYS_ADMIN is in process.capabilities.bounding"
+        return False, ("CAP_SYS_ADMIN is in process.capabilities.bounding, but the container "
+                       "has its own user namespace (linux.namespaces): no host privilege")
     if not spec.has_capabilities:
         return False, "the spec grants no capabilities"
     return False, "CAP_SYS_ADMIN is not in process.capabilities.bounding"

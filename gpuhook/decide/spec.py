@@ -22,6 +22,7 @@ class Mount:
     destination: str
     source: str | None
     type: str | None
+    options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class SpecView:
     capabilities: frozenset[str]  # bounding set (flat list for ociVersion 1.0.0-rc1..rc5)
     root_path: str | None
     has_capabilities: bool
+    # linux.namespaces has a "user" entry: the container's capabilities are held in its own user
+    # namespace (a new one, or the one at `path`), never in the host's.
+    user_namespace: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,25 @@ def spec_view(spec: object, what: str = "config.json") -> SpecView:
     if "root" in top:
         root = _obj(top["root"], f"{what}: root")
         root_path = _opt_str(root, "path", f"{what}: root")
-    return SpecView(oci, env, mounts, caps, root_path, has_caps)
+    userns = _has_user_namespace(top.get("linux"), f"{what}: linux")
+    return SpecView(oci, env, mounts, caps, root_path, has_caps, userns)
+
+
+def _has_user_namespace(raw: object, what: str) -> bool:
+    if raw is None:
+        return False
+    if not isinstance(raw, dict):
+        raise InputError(f"{what} must be an object, got {_kind(raw)}")
+    namespaces = raw.get("namespaces")
+    if namespaces is None:
+        return False
+    if not isinstance(namespaces, list):
+        raise InputError(f"{what}.namespaces must be a list, got {_kind(namespaces)}")
+    found = False
+    for i, ns in enumerate(namespaces):  # runc refuses a spec whose entries are not objects
+        found = _opt_str(_obj(ns, f"{what}.namespaces[{i}]"), "type",
+                         f"{what}.namespaces[{i}]") == "user" or found
+    return found
 
 
 def parse_state(data: bytes, what: str = "hook state (stdin)") -> State:
@@ -175,7 +197,9 @@ def _mount(raw: object, what: str) -> Mount:
     dest = _opt_str(m, "destination", what)
     if not dest:
         raise InputError(f"{what}: missing destination")
-    return Mount(dest, _opt_str(m, "source", what), _opt_str(m, "type", what))
+    options = m.get("options")
+    opts = tuple(_str_list(options, f"{what}: options")) if options is not None else ()
+    return Mount(dest, _opt_str(m, "source", what), _opt_str(m, "type", what), opts)
 
 
 def _kind(value: object) -> str:

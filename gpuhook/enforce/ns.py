@@ -22,6 +22,10 @@ MAX_REPLY = 1 << 20
 # What the child needs for its work in the container's /dev, and nothing more: mknod, chown to
 # the plan's owner, and writing into / replacing entries of directories it does not own.
 CHILD_CAPS = ("mknod", "chown", "dac_override", "fowner")
+# In a user-namespaced container the helper attaches nodes the hook staged (move_mount, umount:
+# sys_admin) and creates entries as the container's root (setfsuid/setfsgid: setuid, setgid),
+# so it needs no override of file permissions at all.
+USERNS_CHILD_CAPS = ("sys_admin", "setuid", "setgid")
 
 
 class NamespaceWorkError(ApplyError):
@@ -40,7 +44,8 @@ def setns(fd: int, nstype: int) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
-def run_in_mount_ns(pid: int, work: Callable[[], Any]) -> Any:
+def run_in_mount_ns(pid: int, work: Callable[[], Any],
+                    caps: tuple[str, ...] = CHILD_CAPS) -> Any:
     """Run `work()` in a child that has joined the mount namespace of `pid`; return its
     JSON-serialisable result. Raises NamespaceWorkError with the child's error text."""
     path = f"/proc/{pid}/ns/mnt"
@@ -50,7 +55,7 @@ def run_in_mount_ns(pid: int, work: Callable[[], Any]) -> Any:
         raise NamespaceWorkError(f"cannot open {path}: {e.strerror} (did the container exit?)",
                                  e.errno) from None
     try:
-        return _fork_and_run(ns_fd, work)
+        return _fork_and_run(ns_fd, work, caps)
     finally:
         os.close(ns_fd)
 
@@ -60,14 +65,15 @@ def run_forked(work: Callable[[], Any]) -> Any:
     return _fork_and_run(None, work)
 
 
-def _fork_and_run(ns_fd: int | None, work: Callable[[], Any]) -> Any:
+def _fork_and_run(ns_fd: int | None, work: Callable[[], Any],
+                  caps: tuple[str, ...] = CHILD_CAPS) -> Any:
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: never return into the caller's stack
         code = 0
         try:
             os.close(r)
-            reply = _child(ns_fd, work)
+            reply = _child(ns_fd, work, caps)
             data = json.dumps(reply).encode()
             view = memoryview(data)
             while view:
@@ -108,7 +114,8 @@ def _fork_and_run(ns_fd: int | None, work: Callable[[], Any]) -> Any:
     return answer["ok"]
 
 
-def _child(ns_fd: int | None, work: Callable[[], Any]) -> dict[str, Any]:
+def _child(ns_fd: int | None, work: Callable[[], Any], caps: tuple[str, ...]
+           ) -> dict[str, Any]:
     try:
         import signal
 
@@ -119,8 +126,8 @@ def _child(ns_fd: int | None, work: Callable[[], Any]) -> dict[str, Any]:
             setns(ns_fd, CLONE_NEWNS)
         # Inside the container's file system, hold only what the work needs.
         prctl.set_no_new_privs(1)
-        prctl.cap_effective.limit(*CHILD_CAPS)
-        prctl.cap_permitted.limit(*CHILD_CAPS)
+        prctl.cap_effective.limit(*caps)
+        prctl.cap_permitted.limit(*caps)
         return {"ok": work()}
     except OSError as e:
         text = e.strerror or errno.errorcode.get(e.errno or 0, "error")

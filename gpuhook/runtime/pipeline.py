@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from gpuhook.config import Config
+from gpuhook.decide.dev_mounts import node_mount_conflicts
 from gpuhook.decide.facts import Capability, HostInfo
 from gpuhook.decide.plan import Plan, build_plan, needed_capabilities, needs_host
 from gpuhook.decide.policy import decide
 from gpuhook.decide.request import extract_request
 from gpuhook.decide.resolve import Resolved, check_requirements, resolve
 from gpuhook.decide.spec import SpecView
-from gpuhook.errors import HostError
+from gpuhook.errors import HostError, PolicyError
 from gpuhook.host.proc import (
     HostPaths,
     read_capabilities,
@@ -49,4 +50,10 @@ def plan_for_spec(spec: SpecView, config: Config) -> Plan:
                             f"for {', '.join(names)}; is the driver MIG-capable?")
         caps = read_capabilities(host, names,
                                  read_mig_minors(host) if minors is None else minors)
-    return build_plan(decision, devices, HostInfo(majors, caps), tuple(notes))
+    plan = build_plan(decision, devices, HostInfo(majors, caps), tuple(notes))
+    conflicts = node_mount_conflicts(plan.device_nodes, spec.mounts)
+    if conflicts:
+        raise PolicyError("refusing to create device nodes under a volume: "
+                          + "; ".join(conflicts[:4])
+                          + " (gpuhook writes device nodes only into the runtime's own /dev)")
+    return plan

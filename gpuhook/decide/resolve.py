@@ -13,6 +13,9 @@ from gpuhook.text import MAX_DIGITS, decimal
 # fullmatch, ASCII: `$` would accept a trailing newline and `\d` accepts any Unicode digit.
 _INDEX = re.compile(r"[0-9]+")
 _MIG_INDEX = re.compile(r"([0-9]+):([0-9]+)")
+# Real CUDA images carry a few dozen alternatives (about 1 KiB); the bounds leave room.
+MAX_REQUIREMENT_CHARS = 65536
+MAX_REQUIREMENT_NOTES = 16
 _CONSTRAINT = re.compile(r"(cuda|driver|arch|brand)[ \t]*(>=|<=|==|=|>|<)[ \t]*(\S+)")
 
 
@@ -116,19 +119,29 @@ def check_requirements(reqs: Iterable[tuple[str, str]], inv: Inventory) -> list[
     constraints that cannot be judged here (arch, brand)."""
     notes: list[str] = []
     for name, expr in reqs:
+        if len(expr) > MAX_REQUIREMENT_CHARS:  # before any loop over it
+            raise ResolveError(f"requirement {name}: {len(expr)} characters, more than "
+                               f"{MAX_REQUIREMENT_CHARS}")
         failures: list[str] = []
+        unjudged = 0
         ok = False
         for alternative in expr.split():
             verdict, why = _alternative(alternative, inv)
             if verdict is None:
-                notes.append(f"{name}: {alternative!r} not evaluated ({why})")
+                unjudged += 1
+                if unjudged <= MAX_REQUIREMENT_NOTES:
+                    notes.append(f"{name}: {alternative!r} not evaluated ({why})")
             elif verdict:
                 ok = True
                 break
             else:
                 failures.append(why)
+        if unjudged > MAX_REQUIREMENT_NOTES:
+            notes.append(f"{name}: {unjudged - MAX_REQUIREMENT_NOTES} more alternatives not "
+                         "evaluated")
         if not ok and failures:
-            raise ResolveError(f"requirement {name}={expr!r} not met: " + "; ".join(failures))
+            raise ResolveError(f"requirement {name}={expr[:200]!r} not met: "
+                               + "; ".join(failures[:MAX_REQUIREMENT_NOTES]))
     return notes
 
 

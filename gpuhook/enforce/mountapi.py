@@ -102,12 +102,18 @@ def set_fs_ids(uid: int, gid: int) -> None:
 
 
 def mount_id(fd: int) -> int:
-    """The id of the mount `fd` (a directory) is on: statx(STATX_MNT_ID)."""
+    """The id of the mount `fd` is on: statx(STATX_MNT_ID) (Linux 5.8), else the `mnt_id:`
+    line of /proc/self/fdinfo/<fd> (Linux 3.15)."""
     buf = ctypes.create_string_buffer(_STATX_SIZE)
-    _check(int(_lib().statx(ctypes.c_int(fd), b"", ctypes.c_int(AT_EMPTY_PATH),
-                            ctypes.c_uint(STATX_MNT_ID), buf)), "statx")
-    mask = struct.unpack_from("I", buf.raw, 0)[0]
-    if not mask & STATX_MNT_ID:
-        raise OSError(95, "statx: no mount id (Linux < 5.8)")
-    value: int = struct.unpack_from("Q", buf.raw, _STATX_MNT_ID_OFFSET)[0]
-    return value
+    if int(_lib().statx(ctypes.c_int(fd), b"", ctypes.c_int(AT_EMPTY_PATH),
+                        ctypes.c_uint(STATX_MNT_ID), buf)) == 0:
+        mask = struct.unpack_from("I", buf.raw, 0)[0]
+        if mask & STATX_MNT_ID:
+            value: int = struct.unpack_from("Q", buf.raw, _STATX_MNT_ID_OFFSET)[0]
+            return value
+    with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key == "mnt_id" and rest.strip().isdigit():
+                return int(rest.strip())
+    raise OSError(95, "no mount id from statx or /proc/self/fdinfo")

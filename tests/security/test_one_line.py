@@ -108,3 +108,14 @@ def test_hook_stderr_names_a_hostile_state_id_escaped(tmp_path: Path) -> None:
     run = e.run_process(e.hook_argv(config), stdin=e.state_for(bundle, cid="c\n\x1b[2Jforged"))
     e.assert_clean_exit(run, allowed=(1,))
     assert e.assert_one_line(run.stderr).startswith("gpuhook: c\\x0a\\x1b[2Jforged: ")
+
+
+def test_dry_run_text_output_quotes_container_text_escaped(tmp_path: Path) -> None:
+    # An unsupported driver capability is named in a note.
+    config = e.write_config(tmp_path / "gpuhook.toml", tmp_path / "gpuhook.log")
+    s = e.spec(env=["NVIDIA_DRIVER_CAPABILITIES=compute,\x1b[2Jx\u2028y"], ids=("0:0",))
+    run = e.run_process(e.dry_run_argv(e.bundle_with(tmp_path, s), config))
+    e.assert_clean_exit(run, allowed=(0,))
+    lines = run.stdout.decode().splitlines()
+    assert all(line.isprintable() for line in lines), lines
+    assert any("\\x1b[2Jx\\u2028y" in line for line in lines), lines

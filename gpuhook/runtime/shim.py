@@ -279,8 +279,11 @@ def hook_args(config_source: str) -> tuple[str, ...]:
 
 def gpuhook_executable(argv0: str | None = None) -> str:
     """`gpuhook` next to this program (same bin dir), else next to the interpreter, else PATH."""
-    dirs = [os.path.dirname(os.path.abspath(argv0 or sys.argv[0])),
-            os.path.dirname(sys.executable)]
+    me = argv0 or sys.argv[0]
+    # A bare argv[0] (found on PATH by our caller) says nothing about where we are: its
+    # abspath would be the current directory, which is never a place to take a program from.
+    dirs = [os.path.dirname(os.path.abspath(me))] if os.sep in me else []
+    dirs.append(os.path.dirname(sys.executable))
     dirs += absolute_path_dirs(os.environ.get("PATH", DEFAULT_PATH))
     for d in dirs:
         cand = os.path.join(d, "gpuhook")

@@ -90,3 +90,15 @@ def test_an_absolute_runtimes_entry_is_run_as_named(world: Path) -> None:
     assert run.code == 0, run.describe()
     assert planted(world) == [] and (world / "abs" / "RAN").exists()
     assert json.loads((world / "bundle" / "config.json").read_text())  # untouched, still JSON
+
+
+def test_hook_mode_never_takes_gpuhook_from_the_current_directory(
+        world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # containerd may start us by a bare name (argv[0] "gpuhook-runtime") in the bundle dir.
+    from gpuhook.runtime.shim import gpuhook_executable
+
+    script(world / "cwd" / "gpuhook", PLANTED)
+    monkeypatch.chdir(world / "cwd")
+    monkeypatch.setenv("PATH", ".::bin")
+    found = gpuhook_executable("gpuhook-runtime")
+    assert Path(found).is_absolute() and Path(found).parent != world / "cwd", found

@@ -136,3 +136,52 @@ def test_the_user_namespace_maps_container_root_to_the_host_id_this_suite_expect
         args=["sh", "-c", "cat /proc/self/uid_map"]))
     assert result.ok, result.stderr
     assert result.stdout.split()[:2] == ["0", str(ROOT_HOST_ID)], result.stdout
+
+
+def _staged_apply_in_private_mount_ns(rootfs: Path) -> int:
+    """In a forked child: a private mount namespace, then the user-namespace way of making
+    nodes (staged on a detached tmpfs, bind-mounted onto empty files) under `rootfs`, where
+    an image file waits at the last node's path. Prints what it found as JSON."""
+    import ctypes
+    import os
+
+    from gpuhook.decide.plan import DeviceNode
+    from gpuhook.enforce import nodes
+    from gpuhook.errors import ApplyError
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x00020000) != 0 or libc.mount(b"none", b"/", None, 0x4000 | 0x40000,
+                                                   None) != 0:  # MS_REC | MS_PRIVATE
+        raise OSError(ctypes.get_errno(), "unshare/mount")
+    plan = [DeviceNode("/dev/nvidiactl", "c", 195, 255, 0o666),
+            DeviceNode("/dev/nvidia-caps/nvidia-cap21", "c", 511, 21, 0o444),
+            DeviceNode("/dev/nvidia3", "c", 195, 3, 0o666)]
+    staged = nodes.stage_nodes(plan, lambda n: (0, 0), (0, 0))
+    try:
+        nodes.create_nodes(str(rootfs), plan, staged=staged)
+        error = ""
+    except ApplyError as err:
+        error = str(err)
+    finally:
+        staged.close()
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        left = [line.split()[4] for line in f if str(rootfs) in line.split()[4]]
+    print(json.dumps({"error": error, "mounts": left,
+                      "dev": sorted(os.listdir(rootfs / "dev"))}))
+    return 0
+
+
+def test_a_refused_staged_apply_unmounts_and_removes_what_it_attached(tmp_path: Path) -> None:
+    reason = userns_supported()
+    if reason is not None:
+        pytest.skip(reason)
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "dev").mkdir(parents=True)
+    (rootfs / "dev" / "nvidia3").write_text("image file\n")
+    run = e.run_forked(lambda: _staged_apply_in_private_mount_ns(rootfs))
+    assert run.code == 0, run.describe()
+    out = json.loads(run.stdout)
+    assert "a file is already there" in out["error"]
+    assert out["mounts"] == [], "a bind mount was left behind"
+    assert out["dev"] == ["nvidia3"], "the attached nodes and the caps dir were not removed"
+    assert (rootfs / "dev" / "nvidia3").read_text() == "image file\n"

@@ -207,8 +207,8 @@ def driver_capabilities(env: Mapping[str, str]
 def requirements(env: Mapping[str, str], legacy: bool) -> tuple[tuple[str, str], ...]:
     if env.get(ENV_DISABLE_REQUIRE, "").strip().lower() in ("1", "true", "yes", "on"):
         return ()
-    reqs = [(k, v) for k, v in sorted(env.items())
-            if k.startswith(ENV_REQUIRE_PREFIX) and v.strip()]
+    # Filtered before sorted: the sort costs only what gpuhook reads, not the whole env.
+    reqs = sorted((k, v) for k, v in env.items() if k.startswith(ENV_REQUIRE_PREFIX) and v.strip())
     if legacy:
         parts = env[ENV_CUDA_VERSION].split(".")
         major, minor = (decimal(p) for p in [*parts, "", ""][:2])

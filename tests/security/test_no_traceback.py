@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -220,3 +221,13 @@ def test_a_hostile_inventory_gets_one_line_and_exit_2(
     bundle = e.bundle_with(tmp_path, e.spec(ids=("0:0",)))
     run = run_entry(which, tmp_path, bundle, config)
     e.assert_clean_exit(run, allowed=(2,))
+
+
+def test_the_hook_reading_its_state_from_a_device_without_end_stops_at_the_limit(
+        tmp_path: Path, config: Path) -> None:
+    # stdin is /dev/zero: the hook reads at most the state limit + 1 bytes, then refuses.
+    with open("/dev/zero", "rb") as zero:
+        p = subprocess.run(e.hook_argv(config), stdin=zero, capture_output=True, env=e.ENV,
+                           timeout=e.TIMEOUT, check=False)
+    e.assert_clean_exit(e.Run(p.returncode, p.stdout, p.stderr), allowed=(2,))
+    assert b"larger than" in p.stderr

@@ -72,11 +72,14 @@ def load_config_lenient(explicit: str | None = None, environ: Mapping[str, str] 
     path = find_config_path(explicit, os.environ if environ is None else environ)
     if path is None:
         return Config(), []
+    from gpuhook.files import read_regular
+    from gpuhook.limits import MAX_CONFIG_BYTES
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_regular(path, MAX_CONFIG_BYTES)
     except OSError as e:
         return Config(source=path), [f"config {path}: {e.strerror}"]
+    if len(data) > MAX_CONFIG_BYTES:
+        return Config(source=path), [f"config {path}: larger than {MAX_CONFIG_BYTES} bytes"]
     return parse_config_lenient(data, path)
 
 
@@ -99,17 +102,11 @@ def parse_config_lenient(data: bytes, origin: str) -> tuple[Config, list[str]]:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         # Not TOML: keep what a line still says plainly, so a refusal is logged where the
         # operator looks and a request under the configured root is seen (runtime/early.py).
-        from gpuhook.runtime.early import read_string
-
-        kept: dict[str, Any] = {}
-        for key in ("log-file", "volume-mount-root"):
-            value = read_string(data, key)
-            if value:
-                kept[_KEYS[key]] = value
-        if "log_file" in kept and not os.path.isabs(kept["log_file"]):
-            kept["log_file"] = os.path.join(os.path.dirname(os.path.abspath(origin)),
-                                            kept["log_file"])
-        return Config(source=origin, **kept), [f"config {origin}: {e}"]
+        return _kept(data, origin), [f"config {origin}: {e}"]
+    except ValueError as e:  # an integer past Python's digit limit
+        return _kept(data, origin), [f"config {origin}: {e}"]
+    except RecursionError:
+        return _kept(data, origin), [f"config {origin}: nested too deeply"]
     values: dict[str, Any] = {}
     problems: list[str] = []
     for key, value in table.items():
@@ -138,6 +135,21 @@ def _closest(key: str) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _kept(data: bytes, origin: str) -> Config:
+    """What a config that is not TOML still says plainly on a line of its own."""
+    from gpuhook.runtime.early import read_string
+
+    kept: dict[str, Any] = {}
+    for key in ("log-file", "volume-mount-root"):
+        value = read_string(data, key)
+        if value:
+            kept[_KEYS[key]] = value
+    if "log_file" in kept and not os.path.isabs(kept["log_file"]):
+        kept["log_file"] = os.path.join(os.path.dirname(os.path.abspath(origin)),
+                                        kept["log_file"])
+    return Config(source=origin, **kept)
+
+
 def _check(origin: str, key: str, name: str, value: object) -> object:
     default = Config._field_defaults[name]
     if isinstance(default, tuple):
@@ -151,6 +163,12 @@ def _check(origin: str, key: str, name: str, value: object) -> object:
         if bad:
             raise InputError(f"config {origin}: {key}: unknown {', '.join(map(repr, bad))}; "
                              f"known: {', '.join(allowed or ())}")
+        if name == "runtimes":
+            bad = [v for v in value if "/" in v and not v.startswith("/")]
+            if bad:
+                raise InputError(f"config {origin}: {key}: {bad[0]!r} is a relative path; "
+                                 "name a runtime by an absolute path or a bare name looked "
+                                 "up on PATH's absolute entries")
         return tuple(value)
     if type(value) is not type(default):
         raise InputError(f"config {origin}: {key} must be {type(default).__name__}, "

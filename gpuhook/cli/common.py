@@ -9,6 +9,8 @@ import sys
 import click
 
 from gpuhook.errors import GpuhookError
+from gpuhook.limits import MAX_MESSAGE_CHARS
+from gpuhook.text import escape
 
 CONFIG_HELP = ("Config file (TOML). Default: $GPUHOOK_CONFIG, else /etc/gpuhook/config.toml, "
                "else built-in defaults.")
@@ -17,7 +19,8 @@ CONFIG_HELP = ("Config file (TOML). Default: $GPUHOOK_CONFIG, else /etc/gpuhook/
 def report(err: GpuhookError, as_json: bool = False) -> None:
     if as_json:
         click.echo(json.dumps({"error": str(err)}))
-    click.echo(f"gpuhook: {err}", err=True)
+    # Container text (ids, env values, paths) is in messages: one line, printable, bounded.
+    click.echo("gpuhook: " + escape(str(err), MAX_MESSAGE_CHARS), err=True)
     sys.exit(err.exit_code)
 
 

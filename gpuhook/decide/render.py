@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from gpuhook.decide.plan import Plan, mount_options
+from gpuhook.text import escape
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
@@ -89,4 +90,5 @@ def render_text(plan: Plan) -> str:
         out.append(f"note: {note}")
     if plan.empty:
         out.append("plan: nothing to inject")
-    return "\n".join(out)
+    # Notes and ignored values quote container text: each line stays one printable line.
+    return "\n".join(escape(line) for line in out)

@@ -30,7 +30,10 @@ SUPPORTED_DRIVER_CAPS = ("compat32", "compute", "display", "graphics", "ngx", "u
 DEFAULT_DRIVER_CAPS = ("compute", "utility")
 MAX_IDS = 4096
 MAX_ID_LEN = 256
-_ID_CHARS = re.compile(r"^[A-Za-z0-9:_.\-]+$")
+MAX_VISIBLE_CHARS = MAX_IDS * (MAX_ID_LEN + 1)  # MAX_IDS ids of MAX_ID_LEN, comma-separated
+MAX_UNKNOWN_CAPS = 16  # unsupported driver capabilities named in a message, at most
+# Matched with fullmatch: `$` also matches before a trailing newline ("0\n").
+_ID_CHARS = re.compile(r"[A-Za-z0-9:_.\-]+")
 # The MIG device UUID drivers before R470 reported: MIG-GPU-<parent uuid>/<gi>/<ci>.
 OLD_MIG_ID = re.compile(r"MIG-GPU-[0-9A-Fa-f-]{1,64}/[0-9]{1,6}/[0-9]{1,6}", re.IGNORECASE)
 # Go strconv.ParseBool's true spellings (NVIDIA_DISABLE_REQUIRE, toolkit image.HasDisableRequire).
@@ -101,14 +104,21 @@ def extract_request(spec: SpecView, volume_mount_root: str) -> Request:
     )
 
 
-def loggable_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The env keys gpuhook acts on, and only those: the rest may hold secrets."""
-    return {k: v for k, v in env.items() if k.startswith("NVIDIA_") or k == ENV_CUDA_VERSION}
+def is_privileged(spec: SpecView) -> bool:
+    """Host privilege: CAP_SYS_ADMIN in the bounding set and no user namespace. In a user
+    namespace the capabilities are that namespace's: the kernel checks mknod, the device cgroup
+    and every host device against the initial namespace, where the container holds nothing,
+    whatever its uidMappings say (even container root mapped to host uid 0 only changes file
+    ownership). So a user-namespaced container is unprivileged, and its env is not trusted."""
+    return CAP_SYS_ADMIN in spec.capabilities and not spec.user_namespace
 
 
 def privilege(spec: SpecView) -> tuple[bool, str]:
+    if is_privileged(spec):
+        return True, "CAP_SYS_ADMIN is in process.capabilities.bounding, no user namespace"
     if CAP_SYS_ADMIN in spec.capabilities:
-        return True, "CAP_SYS_ADMIN is in process.capabilities.bounding"
+        return False, ("CAP_SYS_ADMIN is in process.capabilities.bounding, but the container "
+                       "has its own user namespace (linux.namespaces): no host privilege")
     if not spec.has_capabilities:
         return False, "the spec grants no capabilities"
     return False, "CAP_SYS_ADMIN is not in process.capabilities.bounding"
@@ -161,8 +171,9 @@ def _mount_requests(spec: SpecView, root: str) -> tuple[
             elif rel not in seen:
                 seen.add(rel)
                 ids.append(rel)
-    if len(ids) > MAX_IDS:
-        error = error or f"{len(ids)} device ids in volume mounts, more than {MAX_IDS}"
+                if len(ids) > MAX_IDS:  # counted as they come: no work past the limit
+                    error = f"more than {MAX_IDS} device ids in volume mounts"
+                    break
     return tuple(ids), tuple(caps), tuple(ignored), error
 
 
@@ -218,7 +229,7 @@ def _under(path: str, root_parts: list[str]) -> bool:
 
 
 def _id_problem(device_id: str, where: str) -> str | None:
-    if len(device_id) <= MAX_ID_LEN and (_ID_CHARS.match(device_id)
+    if len(device_id) <= MAX_ID_LEN and (_ID_CHARS.fullmatch(device_id)
                                          or OLD_MIG_ID.fullmatch(device_id)):
         return None
     return f"{where}: malformed device id {device_id[:80]!r}"
@@ -236,6 +247,10 @@ def parse_visible_devices(env: Mapping[str, str], volume_mount_root: str = ""
         if is_legacy_image(env):
             return EnvDevices(raw="", kind="all", ids=("all",), legacy=True)
         return None
+    if len(raw) > MAX_VISIBLE_CHARS:  # before any loop over it; an error only if acted on
+        return EnvDevices(raw=raw, kind="ids", error=(
+            f"{ENV_VISIBLE}: {len(raw)} characters, more than {MAX_VISIBLE_CHARS} "
+            f"({MAX_IDS} ids of at most {MAX_ID_LEN})"))
     # Deduplicated in order, in linear time: the value may be as long as the spec allows.
     items = list(dict.fromkeys(i for i in (part.strip() for part in raw.split(",")) if i))
     if not items or "void" in items:
@@ -275,11 +290,15 @@ def driver_capabilities(env: Mapping[str, str]
         return None, ()
     if raw == "":
         return DEFAULT_DRIVER_CAPS, ()
-    asked = [c.strip() for c in raw.split(",") if c.strip()]
+    asked = list(dict.fromkeys(c.strip() for c in raw.split(",") if c.strip()))
     if "all" in asked:
         return SUPPORTED_DRIVER_CAPS, ()
-    caps = tuple(c for c in SUPPORTED_DRIVER_CAPS if c in asked)
-    unsupported = tuple(dict.fromkeys(c for c in asked if c not in SUPPORTED_DRIVER_CAPS))
+    wanted = set(asked)
+    caps = tuple(c for c in SUPPORTED_DRIVER_CAPS if c in wanted)
+    unsupported = tuple(c[:64] for c in asked if c not in SUPPORTED_DRIVER_CAPS)
+    if len(unsupported) > MAX_UNKNOWN_CAPS:
+        unsupported = (*unsupported[:MAX_UNKNOWN_CAPS],
+                       f"(and {len(unsupported) - MAX_UNKNOWN_CAPS} more)")
     return caps, unsupported
 
 
@@ -291,9 +310,10 @@ def requirements(env: Mapping[str, str], legacy: bool
     CUDA_VERSION is the error, for the policy to raise if the request is granted."""
     if env.get(ENV_DISABLE_REQUIRE) in GO_TRUE:
         return (), None
-    reqs = [(k, v) for k, v in sorted(env.items())
-            if k.startswith(ENV_REQUIRE_PREFIX) and not k.startswith(ENV_REQUIRE_JETPACK)
-            and v.strip()]
+    # Filtered before sorted: the sort costs only what gpuhook reads, not the whole env.
+    reqs = sorted((k, v) for k, v in env.items()
+                  if k.startswith(ENV_REQUIRE_PREFIX) and not k.startswith(ENV_REQUIRE_JETPACK)
+                  and v.strip())
     if not legacy:
         return tuple(reqs), None
     version = env[ENV_CUDA_VERSION]
@@ -318,10 +338,13 @@ def cuda_major_minor(version: str) -> str | None:
     parseMajorMinorVersion: an optional 'v', then golang.org/x/mod/semver: `12` is 12.0,
     `12.4.1-rc1` is 12.4, a pre-release needs all three numbers, no leading zeros; major and
     minor fit 32 bits), else None."""
+    if len(version) > 256:  # before the regex; a CUDA version is a few characters
+        return None
     m = _SEMVER.fullmatch(version)
     if m is None:
         return None
     major, minor = m.group(1), m.group(2) or "0"
-    if int(major) >= 1 << 32 or int(minor) >= 1 << 32:
+    # At most 10 digits before int(): past Python's digit limit int() raises.
+    if len(major) > 10 or len(minor) > 10 or int(major) >= 1 << 32 or int(minor) >= 1 << 32:
         return None
     return f"{major}.{minor}"

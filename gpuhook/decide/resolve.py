@@ -8,14 +8,19 @@ from dataclasses import dataclass
 
 from gpuhook.errors import ResolveError
 from gpuhook.inventory.model import Gpu, Inventory, MigDevice
+from gpuhook.text import MAX_DIGITS, decimal
 
-_INDEX = re.compile(r"^\d+$")
-_MIG_INDEX = re.compile(r"^(\d+):(\d+)$")
+# fullmatch, ASCII: `$` would accept a trailing newline and `\d` accepts any Unicode digit.
+_INDEX = re.compile(r"[0-9]+")
+_MIG_INDEX = re.compile(r"([0-9]+):([0-9]+)")
 # libnvidia-container src/cli/common.c matches_pci_format: "%x:%02x:%02x.0" (domain:bus:device).
 _PCI_BUS_ID = re.compile(r"([0-9A-Fa-f]{1,8}):([0-9A-Fa-f]{1,2}):([0-9A-Fa-f]{1,2})(?:\.0)?")
 # MIG-GPU-<parent uuid>/<gi>/<ci>: the MIG UUID drivers before R470 reported.
 _OLD_MIG = re.compile(r"MIG-(GPU-[0-9A-Fa-f-]+)/([0-9]+)/([0-9]+)", re.IGNORECASE)
-_CONSTRAINT = re.compile(r"^(cuda|driver|arch|brand)\s*(>=|<=|==|=|>|<)\s*(.+)$")
+# Real CUDA images carry a few dozen alternatives (about 1 KiB); the bounds leave room.
+MAX_REQUIREMENT_CHARS = 65536
+MAX_REQUIREMENT_NOTES = 16
+_CONSTRAINT = re.compile(r"(cuda|driver|arch|brand)[ \t]*(>=|<=|==|=|>|<)[ \t]*(\S+)")
 
 
 @dataclass(frozen=True)
@@ -57,10 +62,10 @@ def _resolve_one(device_id: str, inv: Inventory, allow_full: bool) -> list[Resol
             else:
                 out.append(Resolved(gpu))
         return out
-    if _INDEX.match(device_id):
+    if _INDEX.fullmatch(device_id):
         gpu = _gpu_by(lambda g: g.index == int(device_id), inv, device_id, allow_full)
         return [_full(gpu, device_id, allow_full)]
-    m = _MIG_INDEX.match(device_id)
+    m = _MIG_INDEX.fullmatch(device_id)
     if m:
         gpu = _gpu_by(lambda g: g.index == int(m.group(1)), inv, device_id, allow_full)
         for mig in gpu.mig_devices:
@@ -151,19 +156,29 @@ def check_requirements(reqs: Iterable[tuple[str, str]], inv: Inventory,
     the arch is ok"), and cuda / driver are still checked."""
     notes: list[str] = []
     for name, expr in reqs:
+        if len(expr) > MAX_REQUIREMENT_CHARS:  # before any loop over it
+            raise ResolveError(f"requirement {name}: {len(expr)} characters, more than "
+                               f"{MAX_REQUIREMENT_CHARS}")
         failures: list[str] = []
+        unjudged = 0
         ok = False
         for alternative in expr.split():
             verdict, why = _alternative(alternative, inv, with_devices)
             if verdict is None:
-                notes.append(f"{name}: {alternative!r} not evaluated ({why})")
+                unjudged += 1
+                if unjudged <= MAX_REQUIREMENT_NOTES:
+                    notes.append(f"{name}: {alternative!r} not evaluated ({why})")
             elif verdict:
                 ok = True
                 break
             else:
                 failures.append(why)
+        if unjudged > MAX_REQUIREMENT_NOTES:
+            notes.append(f"{name}: {unjudged - MAX_REQUIREMENT_NOTES} more alternatives not "
+                         "evaluated")
         if not ok and failures:
-            raise ResolveError(f"requirement {name}={expr!r} not met: " + "; ".join(failures))
+            raise ResolveError(f"requirement {name}={expr[:200]!r} not met: "
+                               + "; ".join(failures[:MAX_REQUIREMENT_NOTES]))
     return notes
 
 
@@ -173,7 +188,7 @@ def _alternative(alternative: str, inv: Inventory, with_devices: bool
     when one cannot be judged here (arch, brand), else True."""
     unjudged = ""
     for constraint in alternative.split(","):
-        m = _CONSTRAINT.match(constraint.strip())
+        m = _CONSTRAINT.fullmatch(constraint.strip())
         if not m:
             raise ResolveError(f"requirement {constraint!r}: expected e.g. cuda>=12.0")
         key, op, want = m.groups()
@@ -189,10 +204,11 @@ def _alternative(alternative: str, inv: Inventory, with_devices: bool
 
 
 def _version(text: str, key: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in text.strip().split("."))
-    except ValueError:
-        raise ResolveError(f"{key} version {text!r} is not dotted numbers") from None
+    parts = tuple(decimal(p) for p in text.strip().split("."))
+    if None in parts:
+        raise ResolveError(f"{key} version {text!r} is not dotted numbers (ASCII digits, at "
+                           f"most {MAX_DIGITS} each)")
+    return parts  # type: ignore[return-value]  # no None left
 
 
 def _compare(have: tuple[int, ...], op: str, want: tuple[int, ...]) -> bool:

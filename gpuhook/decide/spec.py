@@ -23,6 +23,7 @@ class Mount:
     destination: str
     source: str | None
     type: str | None
+    options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class SpecView:
     # The spec's string-valued annotations (containerd passes the allow-listed pod and container
     # annotations here; the device plugin's CDI requests arrive as container annotations).
     annotations: Mapping[str, str] = field(default_factory=dict)
+    # linux.namespaces has a "user" entry: the container's capabilities are held in its own user
+    # namespace (a new one, or the one at `path`), never in the host's.
+    user_namespace: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,9 @@ def decode_json(data: bytes, what: str) -> object:
                          ) from None
     except RecursionError:
         raise InputError(f"{what}: invalid JSON: nested too deeply") from None
+    except ValueError:  # not a JSONDecodeError: an integer past Python's digit limit
+        raise InputError(f"{what}: invalid JSON: a number with more digits than Python "
+                         "converts (sys.get_int_max_str_digits)") from None
 
 
 def parse_spec(data: bytes, what: str = "config.json") -> SpecView:
@@ -94,8 +101,26 @@ def spec_view(spec: object, what: str = "config.json") -> SpecView:
     if "root" in top:
         root = _obj(top["root"], f"{what}: root")
         root_path = _opt_str(root, "path", f"{what}: root")
+    userns = _has_user_namespace(top.get("linux"), f"{what}: linux")
     return SpecView(oci, env, mounts, caps, root_path, has_caps,
-                    _annotations(top.get("annotations"), f"{what}: annotations"))
+                    _annotations(top.get("annotations"), f"{what}: annotations"), userns)
+
+
+def _has_user_namespace(raw: object, what: str) -> bool:
+    if raw is None:
+        return False
+    if not isinstance(raw, dict):
+        raise InputError(f"{what} must be an object, got {_kind(raw)}")
+    namespaces = raw.get("namespaces")
+    if namespaces is None:
+        return False
+    if not isinstance(namespaces, list):
+        raise InputError(f"{what}.namespaces must be a list, got {_kind(namespaces)}")
+    found = False
+    for i, ns in enumerate(namespaces):  # runc refuses a spec whose entries are not objects
+        found = _opt_str(_obj(ns, f"{what}.namespaces[{i}]"), "type",
+                         f"{what}.namespaces[{i}]") == "user" or found
+    return found
 
 
 def parse_state(data: bytes, what: str = "hook state (stdin)") -> State:
@@ -177,7 +202,9 @@ def _mount(raw: object, what: str) -> Mount:
     dest = _opt_str(m, "destination", what)
     if not dest:
         raise InputError(f"{what}: missing destination")
-    return Mount(dest, _opt_str(m, "source", what), _opt_str(m, "type", what))
+    options = m.get("options")
+    opts = tuple(_str_list(options, f"{what}: options")) if options is not None else ()
+    return Mount(dest, _opt_str(m, "source", what), _opt_str(m, "type", what), opts)
 
 
 def _annotations(raw: object, what: str) -> dict[str, str]:

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from gpuhook.enforce import cgroup, nodes, ns
+from gpuhook.enforce import cgroup, mountapi, nodes, ns, userns
 from gpuhook.errors import ApplyError
 
 if TYPE_CHECKING:  # annotations only (the createContainer hook skips the decide stages)
@@ -42,8 +42,8 @@ def apply_to(plan: Plan, pid: int, rootfs: str, target: cgroup.DeviceCgroup, *,
              host_root: str = "/", ldconfig: str = "/sbin/ldconfig") -> list[str]:
     """`apply_plan` with the device cgroup already found (tests pass a temporary one)."""
     report = _create_nodes(pid, rootfs, plan)
-    done = [f"node {p}: created" for p in report.created if p not in report.replaced]
-    done += [f"node {p}: replaced" for p in report.replaced]
+    done = [f"node {p}: created" for p in report.created if p not in report.bound]
+    done += [f"node {p}: bind-mounted (user namespace)" for p in report.bound]
     done += [f"node {p}: already present" for p in report.kept]
     driver_report = None
     try:
@@ -101,24 +101,42 @@ class _Rootfs:
         os.close(self.init_root)
 
 
-def _in_ns(root: _Rootfs, work: Callable[[int], Any]) -> Any:
+def _in_ns(root: _Rootfs, work: Callable[[int], Any],
+           fs_ids: tuple[int, int] | None = None) -> Any:
     fd = root.open_in_ns()
     try:
+        if fs_ids is not None:
+            # The container's root creates (and removes) entries in its own /dev: ids its user
+            # namespace maps, no override of its permissions.
+            mountapi.set_fs_ids(*fs_ids)
         return work(fd)
     finally:
         os.close(fd)
 
 
+def _fs_ids(pid: int) -> tuple[int, int] | None:
+    """Host ids of the container's root when it has its own user namespace, else None."""
+    return userns.host_ids(pid, 0, 0) if userns.has_own_user_namespace(pid) else None
+
+
 def _create_nodes(pid: int, rootfs: str, plan: Plan) -> nodes.NodeReport:
     node_list = plan.device_nodes
     root = _Rootfs(pid, rootfs)
+    staged: nodes.Staged | None = None
     try:
+        fs_ids = _fs_ids(pid)
+        if fs_ids is not None:
+            staged = nodes.stage_nodes(node_list, lambda n: userns.host_ids(pid, n.uid, n.gid),
+                                       fs_ids)
         data = ns.run_in_mount_ns(pid, lambda: _in_ns(
-            root, lambda fd: nodes.create_nodes(rootfs, node_list, fd).as_json()))
+            root, lambda fd: nodes.create_nodes(rootfs, node_list, fd, staged).as_json(),
+            fs_ids), ns.CHILD_CAPS if staged is None else ns.USERNS_CHILD_CAPS)
     except ApplyError as e:
         raise ApplyError(f"creating device nodes for container pid {pid}: {e}") from None
     finally:
         root.close()
+        if staged is not None:
+            staged.close()  # attached copies stay; the detached tmpfs goes with the last fd
     return nodes.NodeReport.from_json(data)
 
 
@@ -141,8 +159,10 @@ def _remove_nodes(pid: int, rootfs: str, report: nodes.NodeReport) -> list[str]:
     try:
         root = _Rootfs(pid, rootfs)
         try:
+            fs_ids = _fs_ids(pid)
             failed = ns.run_in_mount_ns(pid, lambda: _in_ns(
-                root, lambda fd: nodes.remove_nodes(rootfs, report, fd)))
+                root, lambda fd: nodes.remove_nodes(rootfs, report, fd), fs_ids),
+                ns.CHILD_CAPS if fs_ids is None else ns.USERNS_CHILD_CAPS)
         finally:
             root.close()
     except ApplyError:

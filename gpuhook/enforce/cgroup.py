@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gpuhook.errors import ApplyError
+from gpuhook.text import decimal
 
 if TYPE_CHECKING:  # annotations only (the createContainer hook skips the decide stages)
     from gpuhook.decide.plan import CgroupRule
@@ -49,13 +50,16 @@ class DeviceCgroup:
     path: str  # the container's cgroup directory as the hook sees it
 
 
+_OCTAL3 = frozenset(f"{n:03o}" for n in range(0o400))
+
+
 def _unescape(field: str) -> str:
     """mountinfo escapes space, tab, newline and backslash as \\ooo."""
     if "\\" not in field:
         return field
     out, i = [], 0
     while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
+        if field[i] == "\\" and i + 3 < len(field) and field[i + 1:i + 4] in _OCTAL3:
             out.append(chr(int(field[i + 1:i + 4], 8)))
             i += 4
         else:
@@ -93,7 +97,7 @@ def parse_cgroup_file(text: str) -> list[CgroupEntry]:
             continue
         hid, sep1, rest = line.partition(":")
         ctrls, sep2, path = rest.partition(":")
-        if not (sep1 and sep2 and hid.isdigit() and path.startswith("/")):
+        if not (sep1 and sep2 and decimal(hid) is not None and path.startswith("/")):
             raise ApplyError(f"cgroup file line {n} is malformed: {line!r}")
         entries.append(CgroupEntry(int(hid), tuple(c for c in ctrls.split(",") if c), path))
     return entries

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 from gpuhook.decide.facts import Capability, Majors
 from gpuhook.errors import HostError
+from gpuhook.files import read_regular
+from gpuhook.limits import MAX_HOST_FILE_BYTES
+from gpuhook.text import decimal
 
 NVIDIA_FRONTEND_FALLBACK_MAJOR = 195
 PROC_DEVICES = "proc/devices"
@@ -30,8 +33,10 @@ class HostPaths:
     def read_text(self, rel: str) -> str:
         path = self.path(rel)
         try:
-            with open(path, encoding="utf-8") as f:
-                return f.read()
+            data = read_regular(path, MAX_HOST_FILE_BYTES)
+            if len(data) > MAX_HOST_FILE_BYTES:
+                raise HostError(f"cannot read {path}: larger than {MAX_HOST_FILE_BYTES} bytes")
+            return data.decode("utf-8")
         except OSError as e:
             raise HostError(f"cannot read {path}: {e.strerror}") from None
         except UnicodeDecodeError:
@@ -52,8 +57,9 @@ def parse_proc_devices(text: str) -> dict[str, int]:
         if section != "character devices":
             continue
         num, _, name = line.partition(" ")
-        if num.isdigit() and name.strip():
-            majors.setdefault(name.strip(), int(num))
+        major = decimal(num)
+        if major is not None and name.strip():
+            majors.setdefault(name.strip(), major)
     return majors
 
 
@@ -64,9 +70,10 @@ def parse_mig_minors(text: str) -> dict[str, int]:
         if not line.strip():
             continue
         parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit():
-            raise HostError(f"{MIG_MINORS}:{lineno}: unexpected line {line!r}")
-        minors[parts[0]] = int(parts[1])
+        minor = decimal(parts[1]) if len(parts) == 2 else None
+        if minor is None:
+            raise HostError(f"{MIG_MINORS}:{lineno}: unexpected line {line[:200]!r}")
+        minors[parts[0]] = minor
     return minors
 
 
@@ -123,7 +130,8 @@ def _cap_mode(host: HostPaths, name: str) -> int:
     raw = fields.get("DeviceFileMode")
     if raw is None:
         return DEFAULT_CAP_MODE
-    if not raw.isdigit():
-        raise HostError(f"{host.path(capability_file(name))}: DeviceFileMode {raw!r} "
+    mode = decimal(raw)
+    if mode is None:
+        raise HostError(f"{host.path(capability_file(name))}: DeviceFileMode {raw[:40]!r} "
                         "is not a decimal number")
-    return int(raw) & 0o777
+    return mode & 0o777

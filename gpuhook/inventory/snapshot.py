@@ -43,6 +43,7 @@ from typing import Any
 from gpuhook.config import Config
 from gpuhook.decide.facts import DriverFacts
 from gpuhook.errors import GpuhookError, HostError
+from gpuhook.files import open_regular
 from gpuhook.host.proc import (
     CAPABILITIES_DIR,
     MIG_MINORS,
@@ -96,9 +97,12 @@ def source_key(inventory: str) -> dict[str, Any]:
         return {"backend": NVML}
     path = os.path.abspath(inventory)
     try:
-        with open(path, "rb", buffering=0) as f:
-            st = os.fstat(f.fileno())
-            data = _read_limited(f.fileno(), path)
+        fd = open_regular(path)
+        try:
+            st = os.fstat(fd)
+            data = _read_limited(fd, path)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise HostError(f"inventory {path}: {e.strerror}") from None
     return {"backend": "file", "path": path, "content": _text(data), "size": st.st_size,
@@ -107,8 +111,11 @@ def source_key(inventory: str) -> dict[str, Any]:
 
 def _content(path: str) -> str | None:
     try:
-        with open(path, "rb", buffering=0) as f:
-            data = _read_limited(f.fileno(), path)
+        fd = open_regular(path)
+        try:
+            data = _read_limited(fd, path)
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         return None
     except OSError as e:

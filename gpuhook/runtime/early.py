@@ -50,9 +50,10 @@ def early_config(explicit: "str | None" = None, environ: "object" = None) -> Ear
     path = find_config_path(explicit, os.environ if environ is None else environ)
     data = b""
     if path is not None:
+        from gpuhook.files import read_regular  # a FIFO or a device never blocks the read
+
         try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_CONFIG_BYTES + 1)
+            data = read_regular(path, MAX_CONFIG_BYTES)
         except OSError:
             data = b""  # the full path names the problem; the defaults hold here
     root, runtimes = read_keys(data)

@@ -7,6 +7,7 @@ config, no click, no YAML, no NVML (see fastpath.py).
 import os
 import sys
 
+from gpuhook.files import read_regular
 from gpuhook.runtime.fastpath import MAX_SPEC_BYTES, MAX_STATE_BYTES, loads, might_request
 
 USAGE = ("usage: gpuhook hook prestart [--config FILE] [--log]\n"
@@ -27,8 +28,8 @@ def prestart_main(args: list[str]) -> int:
     try:
         state = loads(state_raw)
         bundle = state["bundle"] if isinstance(state, dict) else None
-        with open(os.path.join(bundle, "config.json"), "rb") as f:  # type: ignore[arg-type]
-            spec_raw = f.read(MAX_SPEC_BYTES + 1)
+        # A regular file only: a FIFO there would block this open (or read) forever.
+        spec_raw = read_regular(os.path.join(bundle, "config.json"), MAX_SPEC_BYTES)  # type: ignore[arg-type]
         spec = loads(spec_raw)
     except (ValueError, LookupError, TypeError, OSError):
         # Anything odd goes to the full, validating path, which names the problem.

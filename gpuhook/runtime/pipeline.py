@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from gpuhook.config import Config
 from gpuhook.decide.cdi_request import cdi_requests
+from gpuhook.decide.dev_mounts import node_mount_conflicts
 from gpuhook.decide.extras import ExtraFacts, extend_plan, extras_wanted
 from gpuhook.decide.facts import Capability, DriverFacts, HostInfo
 from gpuhook.decide.plan import Plan, build_plan, needed_capabilities, needs_host
@@ -18,7 +19,7 @@ from gpuhook.decide.policy import decide
 from gpuhook.decide.request import extract_request
 from gpuhook.decide.resolve import Resolved, check_requirements, resolve
 from gpuhook.decide.spec import SpecView
-from gpuhook.errors import HostError
+from gpuhook.errors import HostError, PolicyError
 from gpuhook.host.proc import (
     HostPaths,
     read_capabilities,
@@ -33,16 +34,21 @@ def plan_for_spec(spec: SpecView, config: Config) -> Plan:
     spec, asked = cdi_requests(spec, config.volume_mount_root,
                                config.accept_nvidia_visible_devices_as_volume_mounts)
     plan = gpu_plan(spec, config)
-    if not (asked.anything or asked.ignored or asked.notes):
-        return plan
-    wanted = extras_wanted(plan, asked, config)
-    facts = ExtraFacts()
-    if wanted.host_facts_needed:
-        from gpuhook.host.devnodes import read_extra_facts
+    if asked.anything or asked.ignored or asked.notes:
+        wanted = extras_wanted(plan, asked, config)
+        facts = ExtraFacts()
+        if wanted.host_facts_needed:
+            from gpuhook.host.devnodes import read_extra_facts
 
-        facts = read_extra_facts(HostPaths(config.host_root), bool(wanted.channels),
-                                 wanted.families)
-    return extend_plan(plan, asked, wanted, facts)
+            facts = read_extra_facts(HostPaths(config.host_root), bool(wanted.channels),
+                                     wanted.families)
+        plan = extend_plan(plan, asked, wanted, facts)
+    conflicts = node_mount_conflicts(plan.device_nodes, spec.mounts)
+    if conflicts:
+        raise PolicyError("refusing to create device nodes under a volume: "
+                          + "; ".join(conflicts[:4])
+                          + " (gpuhook writes device nodes only into the runtime's own /dev)")
+    return plan
 
 
 def gpu_plan(spec: SpecView, config: Config) -> Plan:

@@ -9,12 +9,14 @@ from typing import Any
 from gpuhook.config import Config, load_config_lenient
 from gpuhook.decide.spec import MAX_SPEC_BYTES, parse_spec, parse_state
 from gpuhook.errors import ApplyError, GpuhookError
+from gpuhook.limits import MAX_MESSAGE_CHARS
 from gpuhook.runtime import broken_config
 from gpuhook.runtime.bundle import read_limited
 from gpuhook.runtime.decision_log import log_decision, plan_record
 from gpuhook.runtime.pipeline import plan_for_spec
 from gpuhook.runtime.pod import pod_identity
 from gpuhook.runtime.stderr import write_stderr
+from gpuhook.text import escape
 
 
 def run(config_path: str | None, state_raw: bytes, spec_raw: bytes | None,
@@ -26,9 +28,13 @@ def run(config_path: str | None, state_raw: bytes, spec_raw: bytes | None,
     try:
         return _decide_and_apply(config, problems, state_raw, spec_raw, record)
     except GpuhookError as e:
-        record.update(decision="refused", error=str(e))
+        # "apply-failed" (set where the apply failed) says more than "refused": keep it.
+        if record.get("decision") != "apply-failed":
+            record["decision"] = "refused"
+        record["error"] = str(e)
         # runc puts the hook's stderr into its own error (and --log): the line reaches kubelet.
-        write_stderr(f"gpuhook: {record.get('id', '?')}: {e}")
+        # Container text (ids, env values, paths) is in messages: one line, printable, bounded.
+        write_stderr("gpuhook: " + escape(f"{record.get('id', '?')}: {e}", MAX_MESSAGE_CHARS))
         return e.exit_code
     finally:
         if len(record) > 1 and not write_log:
@@ -58,7 +64,8 @@ def _decide_and_apply(config: Config, problems: list[str], state_raw: bytes,
         decision = broken_config.judge(spec, config, problems, roots)
         record.update(decision="untouched-broken-config", config_errors=problems[:8],
                       ignored=[vars(i) for i in decision.ignored])
-        write_stderr(f"gpuhook: {state.id}: {broken_config.warning(problems)}")
+        write_stderr("gpuhook: " + escape(f"{state.id}: {broken_config.warning(problems)}",
+                                          MAX_MESSAGE_CHARS))
         return 0
     plan = plan_for_spec(spec, config)
     record.update(plan_record(plan, spec.env))

@@ -144,20 +144,30 @@ def self_paths(argv0: str, path_env: str) -> set[str]:
     if os.path.isfile(installed):
         found.add(os.path.realpath(installed))
     if os.sep not in argv0:
-        for d in path_env.split(os.pathsep):
-            cand = os.path.join(d or ".", argv0)
+        for d in absolute_path_dirs(path_env):
+            cand = os.path.join(d, argv0)
             if os.path.isfile(cand):
                 found.add(os.path.realpath(cand))
     return found
 
 
+def absolute_path_dirs(path_env: str) -> list[str]:
+    """The absolute entries of a PATH value. Empty and relative entries are skipped, as Go's
+    exec.LookPath does since Go 1.19: they name the current directory, which is the bundle or
+    wherever containerd happens to run us, never a place to take a runtime from."""
+    return [d for d in path_env.split(os.pathsep) if d.startswith("/")]
+
+
 def find_runtime(names: tuple[str, ...], path_env: str, exclude: set[str]) -> str:
-    """The first executable of `names` (absolute paths, or names looked up on PATH) that is not
-    this program."""
+    """The first executable of `names` (absolute paths, or bare names looked up on the absolute
+    PATH entries) that is not this program. A relative path is never run."""
     tried: list[str] = []
     for name in names:
-        cands = [name] if os.sep in name else [os.path.join(d or ".", name)
-                                               for d in path_env.split(os.pathsep)]
+        if os.sep in name and not name.startswith("/"):
+            tried.append(f"{name} (a relative path: refused)")
+            continue
+        cands = [name] if os.sep in name else [os.path.join(d, name)
+                                               for d in absolute_path_dirs(path_env)]
         seen = False
         for cand in cands:
             if not (os.path.isfile(cand) and os.access(cand, os.X_OK)):
@@ -193,16 +203,11 @@ def exec_runtime(runtime: str, argv: list[str]) -> None:
 
 def read_spec(bundle: str) -> tuple[str, bytes]:
     """<bundle>/config.json's path and bytes (at most the spec limit + 1)."""
+    from gpuhook.runtime.bundle import read_limited
     from gpuhook.runtime.fastpath import MAX_SPEC_BYTES
 
     path = os.path.join(bundle, "config.json")
-    try:
-        with open(path, "rb") as f:
-            return path, f.read(MAX_SPEC_BYTES + 1)
-    except OSError as e:
-        from gpuhook.errors import InputError
-
-        raise InputError(f"spec {path}: {e.strerror}") from None
+    return path, read_limited(path, MAX_SPEC_BYTES, "spec")
 
 
 def might_request(raw: bytes, roots: tuple[str, ...]) -> bool:
@@ -270,7 +275,13 @@ def prepare_bundle(path: str, raw: bytes, config: Config, record: dict[str, Any]
                          "written back") from None
     from gpuhook.atomic import write_atomic
 
-    write_atomic(path, data.encode())
+    try:
+        encoded = data.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (`"\ud800"` in the JSON) has no UTF-8 form: write it back escaped,
+        # as it came in, which Go's decoder in runc reads exactly as before.
+        encoded = json.dumps(edited, separators=(",", ":"), allow_nan=False).encode()
+    write_atomic(path, encoded)
     return "edited"
 
 
@@ -319,12 +330,15 @@ def hook_args(config_source: str) -> tuple[str, ...]:
 
 def gpuhook_executable(argv0: str | None = None) -> str:
     """`gpuhook` next to this program (same bin dir), else next to the interpreter, else PATH."""
-    dirs = [os.path.dirname(os.path.abspath(argv0 or sys.argv[0])),
-            os.path.dirname(sys.executable)]
-    dirs += os.environ.get("PATH", DEFAULT_PATH).split(os.pathsep)
+    me = argv0 or sys.argv[0]
+    # A bare argv[0] (found on PATH by our caller) says nothing about where we are: its
+    # abspath would be the current directory, which is never a place to take a program from.
+    dirs = [os.path.dirname(os.path.abspath(me))] if os.sep in me else []
+    dirs.append(os.path.dirname(sys.executable))
+    dirs += absolute_path_dirs(os.environ.get("PATH", DEFAULT_PATH))
     for d in dirs:
         cand = os.path.join(d, "gpuhook")
-        if d and os.path.isfile(cand) and os.access(cand, os.X_OK):
+        if os.path.isfile(cand) and os.access(cand, os.X_OK):
             return cand
     raise ShimError(f"hook mode: no gpuhook executable next to {argv0 or sys.argv[0]}, "
                     f"{sys.executable} or on PATH")
@@ -344,7 +358,9 @@ def runtime_log_line(message: str, log_format: str, now: float | None = None,
 
 
 def write_runtime_log(message: str, inv: Invocation, level: str = "error") -> bool:
-    """Append to runc's --log, where containerd looks for the reason; False if not written."""
+    """Append to runc's --log, where containerd looks for the reason; False if not written.
+    `message` is escaped (one_line)."""
+    message = one_line(message)
     if not inv.log_path:
         return False
     line = runtime_log_line(f"{PROG}: {message}", inv.log_format, level=level)
@@ -365,7 +381,15 @@ def report(message: str, inv: Invocation) -> None:
     from gpuhook.runtime.stderr import write_stderr
 
     write_runtime_log(message, inv)
-    write_stderr(f"{PROG}: {message}")
+    write_stderr(f"{PROG}: {one_line(message)}")
+
+
+def one_line(message: str) -> str:
+    """Container text (ids, env values, paths) is in messages: one line, printable, bounded."""
+    from gpuhook.limits import MAX_MESSAGE_CHARS
+    from gpuhook.text import escape
+
+    return escape(message, MAX_MESSAGE_CHARS)
 
 
 def warn(message: str, inv: Invocation) -> None:

@@ -61,11 +61,17 @@ def apply_plan(spec: JsonObj, plan: Plan, driver: DriverEdit | None = None) -> J
         return out
     linux = _table(out, "linux", "linux")
     devices = _list(linux, "devices", "linux.devices")
+    # Where each path first appears, built once: linear in the spec's devices, not their product
+    # with the plan's nodes.
+    index: dict[object, int] = {}
+    for i, d in enumerate(devices):
+        if isinstance(d, dict) and isinstance(d.get("path"), str):
+            index.setdefault(d["path"], i)
     for node in plan.device_nodes:
         entry = {"path": node.path, "type": node.type, "major": node.major,
                  "minor": node.minor, "fileMode": node.file_mode, "uid": node.uid,
                  "gid": node.gid}
-        _put_device(devices, entry)
+        _put_device(devices, entry, index)
     resources = _table(linux, "resources", "linux.resources")
     rules = _list(resources, "devices", "linux.resources.devices")
     wanted = [{"allow": True, "type": r.type, "major": r.major, "minor": r.minor,
@@ -150,12 +156,13 @@ def set_env(env: list[Any], key: str, value: str) -> None:
         del env[i]
 
 
-def _put_device(devices: list[Any], entry: JsonObj) -> None:
-    for i, d in enumerate(devices):
-        if isinstance(d, dict) and d.get("path") == entry["path"]:
-            # The plan decides what this path is; keep any extra fields the engine wrote.
-            devices[i] = {**d, **entry}
-            return
+def _put_device(devices: list[Any], entry: JsonObj, index: dict[object, int]) -> None:
+    i = index.get(entry["path"])
+    if i is not None:
+        # The plan decides what this path is; keep any extra fields the engine wrote.
+        devices[i] = {**devices[i], **entry}
+        return
+    index[entry["path"]] = len(devices)
     devices.append(entry)
 
 

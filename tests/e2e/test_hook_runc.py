@@ -215,7 +215,7 @@ def test_symlinked_nvidia_caps_makes_gpuhook_write_nothing_outside_and_roll_back
     assert result.left_behind == []
 
 
-def test_symlink_at_a_node_path_is_replaced_never_followed(
+def test_symlink_at_a_node_path_is_refused_never_followed(
         runc_rootfs: Path, cgroup_mode: str, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -231,7 +231,10 @@ def test_symlink_at_a_node_path_is_replaced_never_followed(
     bundle.write_spec()
     (bundle.rootfs / "dev" / "nvidia3").symlink_to(victim)
     result = rh.run_container(bundle, cgroup_mode)
-    assert result.ok, result.stderr
+    # Not ours to replace (no deputy writes): the container does not start, and says why.
+    assert not result.ok
+    assert "a symlink is already there" in result.stderr, result.stderr
     assert victim.read_text() == "host file\n"
     assert stat.S_ISREG(victim.lstat().st_mode)
-    assert_usable(result, "/dev/nvidia3", FRONTEND, 3)
+    assert (bundle.rootfs / "dev" / "nvidia3").is_symlink()
+    assert result.left_behind == []

@@ -81,7 +81,7 @@ def test_nodes_are_created_with_the_plans_device_mode_and_owner(rootfs: Path) ->
     assert stat.S_ISDIR(caps.st_mode) and stat.S_IMODE(caps.st_mode) == 0o755
     assert report.created == [n.path for n in PLAN_NODES]
     assert report.dirs == ["/dev/nvidia-caps"]
-    assert (report.kept, report.replaced) == ([], [])
+    assert (report.kept, report.bound) == ([], [])
 
 
 @needs_root
@@ -94,29 +94,35 @@ def test_the_same_device_already_there_is_kept_untouched(rootfs: Path) -> None:
 
 
 @needs_root
-@pytest.mark.parametrize("existing", ["other device", "regular file", "fifo"],
-                         ids=["a different device", "a regular file", "a fifo"])
-def test_anything_else_at_the_node_path_is_replaced(rootfs: Path, existing: str) -> None:
+@pytest.mark.parametrize(("existing", "kind"), [
+    ("other device", "another device"), ("regular file", "a file"), ("fifo", "a file"),
+], ids=["a different device", "a regular file", "a fifo"])
+def test_anything_else_at_the_node_path_is_refused_and_left_as_it_was(
+        rootfs: Path, existing: str, kind: str) -> None:
     path = rootfs / "dev" / "nvidia1"
     if existing == "other device":
-        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))
     elif existing == "regular file":
         path.write_text("x")
     else:
-        os.mkfifo(path)
-    report = create_nodes(str(rootfs), [GPU1])
-    assert report.replaced == ["/dev/nvidia1"]
-    assert_node(rootfs, GPU1)
+        os.mkfifo(path, 0o600)
+    before = path.lstat()
+    with pytest.raises(ApplyError, match=f"{kind} is already there"):
+        create_nodes(str(rootfs), [GPU1])
+    after = path.lstat()
+    assert (after.st_ino, after.st_mode, after.st_uid, after.st_rdev) == (
+        before.st_ino, before.st_mode, before.st_uid, before.st_rdev)
 
 
 @needs_root
-def test_a_symlink_at_the_node_path_is_replaced_never_followed(rootfs: Path,
-                                                                tmp_path: Path) -> None:
+def test_a_symlink_at_the_node_path_is_refused_never_followed(rootfs: Path,
+                                                               tmp_path: Path) -> None:
     victim = tmp_path / "host-file"
     victim.write_text("precious\n")
     (rootfs / "dev" / "nvidia1").symlink_to(victim)
-    create_nodes(str(rootfs), [GPU1])
-    assert_node(rootfs, GPU1)
+    with pytest.raises(ApplyError, match="a symlink is already there"):
+        create_nodes(str(rootfs), [GPU1])
+    assert (rootfs / "dev" / "nvidia1").is_symlink()
     assert victim.read_text() == "precious\n" and stat.S_ISREG(victim.lstat().st_mode)
 
 
@@ -148,7 +154,7 @@ def test_a_refused_call_removes_the_nodes_and_dirs_it_made(rootfs: Path) -> None
     (rootfs / "dev" / "nvidia-caps").mkdir()
     (rootfs / "dev" / "nvidia-caps" / "nvidia-cap201").mkdir()
     (rootfs / "dev" / "nvidia-caps" / "nvidia-cap201" / "x").write_text("")
-    with pytest.raises(ApplyError, match="a directory is in the way"):
+    with pytest.raises(ApplyError, match="a directory is already there"):
         create_nodes(str(rootfs), [CTL, GPU1, DeviceNode("/dev/sub/nvidia-cap9", "c", 511, 9,
                                                          0o444), CAP])
     assert sorted(os.listdir(rootfs / "dev")) == ["nvidia-caps"]

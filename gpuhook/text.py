@@ -1,0 +1,40 @@
+"""Text that came from outside gpuhook, made safe to print and to parse.
+
+`escape` is the one place where container text (env keys and values, ids, paths, the
+container id) is made fit for one line of stderr, of runc's error, or of the log: anything
+that is not printable (C0/C1 controls, DEL, line and paragraph separators, bidi overrides,
+lone surrogates, unassigned code points) becomes a visible escape, so one message stays one
+line and reads the same on every terminal. `decimal` is the one ASCII-digit check:
+`str.isdigit()` also accepts `²` and `٣`, which `int()` then refuses or reads as another
+number. Neither imports anything: the hook's fast path may use them.
+"""
+
+MAX_DIGITS = 18  # a decimal field in a host file or an id: below 2**63, far below int's limit
+
+
+def escape(text: str, limit: int | None = None) -> str:
+    """`text` with every non-printable character written as \\xNN, \\uNNNN or \\UNNNNNNNN;
+    cut to `limit` characters first (with a note of how many were cut) when given."""
+    cut = ""
+    if limit is not None and len(text) > limit:
+        cut = f"...(+{len(text) - limit} chars)"
+        text = text[:limit]
+    if text.isprintable():
+        return text + cut
+    return "".join(c if c.isprintable() else _escape_char(c) for c in text) + cut
+
+
+def _escape_char(c: str) -> str:
+    n = ord(c)
+    if n < 0x100:
+        return f"\\x{n:02x}"
+    if n < 0x10000:
+        return f"\\u{n:04x}"
+    return f"\\U{n:08x}"
+
+
+def decimal(text: str, max_digits: int = MAX_DIGITS) -> int | None:
+    """The value of `text` if it is 1..max_digits ASCII digits, else None (never raises)."""
+    if not text or len(text) > max_digits or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)

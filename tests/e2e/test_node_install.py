@@ -107,17 +107,26 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 def _read_until(proc: subprocess.Popen[str], out: list[str], mark: str,
                 timeout: float = 120) -> None:
+    """Collect the installer's lines until one holds `mark`. Reads the pipe's fd itself: a
+    buffered readline after select() would leave lines that came in one chunk in Python's
+    buffer, where select() no longer sees them."""
     assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    pending = b""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-        if ready:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            out.append(line.rstrip("\n"))
-            if mark in line:
-                return
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        *lines, pending = (pending + chunk).split(b"\n")
+        out.extend(line.decode(errors="replace") for line in lines)
+        if any(mark in line.decode(errors="replace") for line in lines):
+            if pending:
+                out.append(pending.decode(errors="replace"))
+            return
     raise AssertionError(f"installer did not print {mark!r}:\n" + "\n".join(out))
 
 

@@ -4,26 +4,17 @@ cgroups and BPF, the inventory snapshot."""
 from __future__ import annotations
 
 import os
+from types import ModuleType
 
 from gpuhook.config import Config
 from gpuhook.doctor import FAIL, OK, WARN, Check
+from gpuhook.enforce.cgroup import MountInfo
 from gpuhook.errors import GpuhookError
 from gpuhook.host.proc import MIG_MINORS, PROC_DEVICES, HostPaths, read_majors, read_mig_minors
 from gpuhook.inventory.model import Inventory
 
 PERSISTENCED_SOCKET = "run/nvidia-persistenced/socket"
 MOUNTINFO = "proc/self/mountinfo"
-LD_CACHE = "etc/ld.so.cache"
-# What each driver capability needs at least, as the toolkit's discovery lists them
-# (nvidia-container-toolkit internal/discover/graphics.go, compute/utility libraries).
-CAPABILITY_FILES = {
-    "compute": ("libcuda.so.1", "libnvidia-ptxjitcompiler.so.1"),
-    "utility": ("libnvidia-ml.so.1",),
-    "video": ("libnvcuvid.so.1", "libnvidia-encode.so.1"),
-    "graphics": ("libGLX_nvidia.so.0", "libEGL_nvidia.so.0"),
-}
-UTILITY_BINARIES = ("nvidia-smi",)
-BIN_DIRS = ("usr/bin", "usr/sbin", "bin", "sbin")
 
 
 def check_inventory(config: Config) -> tuple[Inventory | None, list[Check]]:
@@ -66,13 +57,7 @@ def check_host(config: Config, inv: Inventory | None) -> list[Check]:
     """The daemon, the majors in proc/devices, and mig-minors when MIG is on."""
     host = HostPaths(config.host_root)
     out = []
-    if os.path.exists(host.path(PERSISTENCED_SOCKET)):
-        out.append(Check("persistence", OK, "nvidia-persistenced is running"))
-    else:
-        out.append(Check("persistence", WARN,
-                         f"no {host.path(PERSISTENCED_SOCKET)}: nvidia-persistenced is not "
-                         "running, so the driver tears GPUs down when idle (slow starts)",
-                         "systemctl enable --now nvidia-persistenced"))
+    out.append(check_persistence(config, host))
     mig = bool(inv and any(g.mig_enabled for g in inv.gpus))
     try:
         majors = read_majors(host)
@@ -102,6 +87,36 @@ def check_host(config: Config, inv: Inventory | None) -> list[Check]:
     return out
 
 
+def check_persistence(config: Config, host: HostPaths,
+                      module: ModuleType | None = None) -> Check:
+    """With NVML: each GPU's persistence mode (`module`: pynvml, injectable for tests). With a
+    fake inventory there is no NVML to ask: the daemon's socket under host-root stands in."""
+    fix = "nvidia-smi -pm 1, or: systemctl enable --now nvidia-persistenced"
+    if config.inventory != "nvml":
+        if os.path.exists(host.path(PERSISTENCED_SOCKET)):
+            return Check("persistence", OK, "nvidia-persistenced is running (fake inventory: "
+                                            "its socket checked, not NVML)")
+        return Check("persistence", WARN,
+                     f"no {host.path(PERSISTENCED_SOCKET)}: nvidia-persistenced is not "
+                     "running, so the driver tears GPUs down when idle (slow starts)",
+                     "systemctl enable --now nvidia-persistenced")
+    from gpuhook.inventory.nvml import load_persistence
+
+    try:
+        modes = load_persistence(module)
+    except GpuhookError as e:
+        return Check("persistence", WARN, f"persistence mode not read: {e}", fix)
+    off = [f"GPU {i} ({uuid})" for i, uuid, on in modes if on is False]
+    if off:
+        return Check("persistence", WARN,
+                     f"persistence mode is off on {', '.join(off)}: the driver tears those "
+                     "GPUs down when idle (slow container starts, lost clocks)", fix)
+    unsupported = sum(1 for _, _, on in modes if on is None)
+    return Check("persistence", OK, f"persistence mode on for {len(modes) - unsupported} "
+                                    f"GPU(s)" + (f"; not supported on {unsupported}"
+                                                 if unsupported else ""))
+
+
 def check_cgroups(config: Config) -> list[Check]:
     """cgroup v1 with the devices controller, or cgroup v2 (then a BPF device program must
     load: checked on the real root only)."""
@@ -114,7 +129,7 @@ def check_cgroups(config: Config) -> list[Check]:
         return [Check("cgroup", FAIL, str(e), "mount /proc")]
     if cgroup_version(mounts) == 2:
         out = [Check("cgroup", OK, "cgroup v2: device rules are BPF programs")]
-        out.append(_check_bpf(config))
+        out.append(_check_bpf(config, mounts))
         return out
     devices = [m for m in mounts if m.fstype == "cgroup" and "devices" in m.super_options]
     if not devices:
@@ -123,19 +138,56 @@ def check_cgroups(config: Config) -> list[Check]:
     return [Check("cgroup", OK, f"cgroup v1: devices controller at {devices[-1].mount_point}")]
 
 
-def _check_bpf(config: Config) -> Check:
+def _check_bpf(config: Config, mounts: list[MountInfo]) -> Check:
     if os.path.realpath(config.host_root) != "/":
         return Check("bpf", OK, f"not tried: host-root is {config.host_root}, not this host")
-    from gpuhook.enforce.bpf import allow_program, encode, load_device_program
+    cgroup2 = [m.mount_point for m in mounts if m.fstype == "cgroup2"]
+    return bpf_attach_check(cgroup2[-1] if cgroup2 else None)
 
+
+def bpf_attach_check(cgroup2_root: str | None) -> Check:
+    """Load an allow-nothing device program and attach it to a scratch cgroup under
+    `cgroup2_root` (made for this and removed after): what the hook does in cgroup v2 mode."""
+    from gpuhook.enforce.bpf import (
+        BPF_F_ALLOW_MULTI,
+        allow_program,
+        attach,
+        detach,
+        encode,
+        load_device_program,
+    )
+
+    fix = "run as root (CAP_BPF/CAP_SYS_ADMIN); kernel with CONFIG_CGROUP_BPF=y"
     try:
-        fd = load_device_program(encode(allow_program([])))
+        prog = load_device_program(encode(allow_program([])))
     except (OSError, GpuhookError) as e:
-        return Check("bpf", FAIL, f"a BPF device program cannot be loaded: {e}",
-                     "run as root (CAP_BPF/CAP_SYS_ADMIN); kernel with "
-                     "CONFIG_CGROUP_BPF=y")
-    os.close(fd)
-    return Check("bpf", OK, "a BPF device program loads")
+        return Check("bpf", FAIL, f"a BPF device program cannot be loaded: {e}", fix)
+    try:
+        if cgroup2_root is None:
+            return Check("bpf", FAIL, "a BPF device program loads, but no cgroup2 is mounted "
+                                      "to attach it to", "mount cgroup2 at /sys/fs/cgroup")
+        scratch = os.path.join(cgroup2_root, f"gpuhook-doctor-{os.getpid()}")
+        try:
+            os.mkdir(scratch, 0o700)
+        except OSError as e:
+            return Check("bpf", FAIL, f"cannot make a scratch cgroup {scratch}: {e.strerror}",
+                         fix)
+        try:
+            cg = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                attach(cg, prog, BPF_F_ALLOW_MULTI)
+                detach(cg, prog)
+            finally:
+                os.close(cg)
+        except OSError as e:
+            return Check("bpf", FAIL, f"a BPF device program loads but cannot be attached to "
+                                      f"a cgroup under {cgroup2_root}: {e.strerror}", fix)
+        finally:
+            os.rmdir(scratch)
+        return Check("bpf", OK, f"a BPF device program loads and attaches (tried on a scratch "
+                                f"cgroup under {cgroup2_root})")
+    finally:
+        os.close(prog)
 
 
 def check_snapshot(config: Config) -> Check:
@@ -152,25 +204,54 @@ def check_snapshot(config: Config) -> Check:
 
 
 def check_driver_files(config: Config, inv: Inventory | None) -> list[Check]:
-    """Each capability's libraries in the host's ld cache, and nvidia-smi for `utility`."""
+    """Each capability's files as a container's plan would get them: the same discovery
+    (host/driver.py: the host's ld.so.cache, each link resolved under host-root to the
+    inventory's driver version) and selection (decide/driver.py) as the hook and the shim."""
+    if not config.driver_files:
+        return [Check("driver-files", OK, "driver-files = false: no driver file is injected")]
+    if inv is None:
+        return [Check("driver-files", FAIL, "not checked: the driver version is unknown",
+                      "fix the nvml check first")]
+    from gpuhook.decide.driver import (
+        GRAPHICS_LIBS,
+        UTILITY_BINS,
+        VIDEO_LIBS,
+        MissingDriver,
+        select,
+    )
+    from gpuhook.host.driver import discover_driver, discover_sockets
+
     host = HostPaths(config.host_root)
+    version = inv.driver_version
+    fix = f"install the NVIDIA driver's user-space files (driver {version}) and run ldconfig"
     try:
-        with open(host.path(LD_CACHE), "rb") as f:
-            cache = f.read(64 << 20)
-    except OSError as e:
-        return [Check("driver-files", FAIL, f"{host.path(LD_CACHE)}: {e.strerror}",
-                      "run ldconfig on the host")]
+        facts = discover_driver(host, version)
+        sockets = discover_sockets(host)
+    except GpuhookError as e:
+        return [Check("driver-files", FAIL, str(e), fix)]
+    # capability -> (severity when unusable, the libraries of which at least one must be there,
+    # or all of them for compute and utility)
+    needs = {"compute": (FAIL, ("libcuda.so",)), "utility": (FAIL, ("libnvidia-ml.so",)),
+             "video": (WARN, VIDEO_LIBS), "graphics": (WARN, GRAPHICS_LIBS)}
     out = []
-    for cap, libs in CAPABILITY_FILES.items():
-        missing = [lib for lib in libs if lib.encode() + b"\0" not in cache]
-        if cap == "utility":
-            missing += [b for b in UTILITY_BINARIES
-                        if not any(os.path.isfile(host.path(f"{d}/{b}")) for d in BIN_DIRS)]
-        if missing:
-            out.append(Check(f"driver-files:{cap}", WARN if cap not in ("compute", "utility")
-                             else FAIL, f"not found: {', '.join(missing)}",
-                             "install the driver's user-space libraries "
-                             f"(driver {inv.driver_version if inv else '?'}) and run ldconfig"))
-        else:
-            out.append(Check(f"driver-files:{cap}", OK, ", ".join(libs)))
+    for cap, (severity, own) in needs.items():
+        try:
+            sel = select((cap,), facts, sockets, gpus_granted=True)
+        except MissingDriver as e:
+            out.append(Check(f"driver-files:{cap}", FAIL, str(e), fix))
+            continue
+        have = [lib for kind, lib in sel.libraries if kind == "library"]
+        stems = {lib.stem for lib in have}
+        bins = {f.container_path.rsplit("/", 1)[-1] for f in sel.files if f.kind == "binary"}
+        missing_bins = [b for b in UTILITY_BINS if b not in bins] if cap == "utility" else []
+        usable = (all(s in stems for s in own) if severity == FAIL
+                  else any(s in stems for s in own)) and "nvidia-smi" not in missing_bins
+        detail = (f"{len(have)} libraries at driver {version}"
+                  + (f" ({', '.join(sorted(lib.name for lib in have)[:6])}"
+                     + (", ..." if len(have) > 6 else "") + ")" if have else "")
+                  + "".join(f"; {n}" for n in sel.notes))
+        if missing_bins:
+            detail += f"; not found: {', '.join(missing_bins)}"
+        out.append(Check(f"driver-files:{cap}", OK if usable else severity, detail,
+                         "" if usable else fix))
     return out

@@ -28,6 +28,7 @@ _ADVICE = {
 NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_NOT_FOUND = 6
 NVML_DEVICE_MIG_ENABLE = 1
+NVML_FEATURE_ENABLED = 1
 
 
 def _import() -> ModuleType:
@@ -81,6 +82,26 @@ def load_nvml(module: ModuleType | None = None) -> Inventory:
         return _read(api)
     finally:
         # Shutting down after the read: its answer already stands either way.
+        with contextlib.suppress(nv.NVMLError):
+            nv.nvmlShutdown()
+
+
+def load_persistence(module: ModuleType | None = None) -> list[tuple[int, str, bool | None]]:
+    """Each GPU's persistence mode as (index, uuid, enabled); None where NVML answers
+    NOT_SUPPORTED (nvml.h nvmlDeviceGetPersistenceMode: Linux only). For `gpuhook doctor`."""
+    nv = module if module is not None else _import()
+    api = _Nvml(nv)
+    api.call("nvmlInit")
+    try:
+        out: list[tuple[int, str, bool | None]] = []
+        for i in range(int(api.call("nvmlDeviceGetCount"))):
+            h = api.call("nvmlDeviceGetHandleByIndex", i)
+            mode, _ = api.code_of("nvmlDeviceGetPersistenceMode", h,
+                                  tolerate=(NVML_ERROR_NOT_SUPPORTED,))
+            enabled = None if mode is None else int(mode) == NVML_FEATURE_ENABLED
+            out.append((i, _text(api.call("nvmlDeviceGetUUID", h)), enabled))
+        return out
+    finally:
         with contextlib.suppress(nv.NVMLError):
             nv.nvmlShutdown()
 

@@ -86,6 +86,7 @@ class FakeGpu:
     mig_mode: int | None = 0  # None: NOT_SUPPORTED
     migs: dict[int, FakeMig] = field(default_factory=dict)  # slot -> device
     max_migs: int = 7
+    persistence: int | None = 1  # NVML_FEATURE_ENABLED / DISABLED; None: NOT_SUPPORTED
 
 
 @dataclass
@@ -174,6 +175,13 @@ def module(world: World) -> types.ModuleType:
             _raise(NVML_ERROR_NOT_SUPPORTED)
         return [mode, mode]
 
+    def nvmlDeviceGetPersistenceMode(h: object) -> int:
+        check("nvmlDeviceGetPersistenceMode")
+        mode = dev(h).persistence
+        if mode is None:
+            _raise(NVML_ERROR_NOT_SUPPORTED)
+        return int(mode)
+
     def nvmlDeviceGetMaxMigDeviceCount(h: object) -> int:
         check("nvmlDeviceGetMaxMigDeviceCount")
         return int(dev(h).max_migs)
@@ -198,9 +206,9 @@ def module(world: World) -> types.ModuleType:
     for fn in (nvmlInit, nvmlShutdown, nvmlSystemGetDriverVersion,
                nvmlSystemGetCudaDriverVersion, nvmlDeviceGetCount, nvmlDeviceGetHandleByIndex,
                nvmlDeviceGetUUID, nvmlDeviceGetName, nvmlDeviceGetPciInfo,
-               nvmlDeviceGetMinorNumber, nvmlDeviceGetMigMode, nvmlDeviceGetMaxMigDeviceCount,
-               nvmlDeviceGetMigDeviceHandleByIndex, nvmlDeviceGetGpuInstanceId,
-               nvmlDeviceGetComputeInstanceId):
+               nvmlDeviceGetMinorNumber, nvmlDeviceGetMigMode, nvmlDeviceGetPersistenceMode,
+               nvmlDeviceGetMaxMigDeviceCount, nvmlDeviceGetMigDeviceHandleByIndex,
+               nvmlDeviceGetGpuInstanceId, nvmlDeviceGetComputeInstanceId):
         setattr(mod, fn.__name__, fn)
     mod.NVMLError = NVMLError  # type: ignore[attr-defined]
     return mod

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,6 +14,11 @@ from typing import Any
 
 import pytest
 
+from gpuhook.config import Config
+from gpuhook.doctor.node import bpf_attach_check, check_persistence
+from gpuhook.host.proc import HostPaths
+from tests.fakedriver import build
+from tests.fakes import pynvml_fake as fake
 from tests.unit import specs
 
 BIN = Path(sys.executable).parent
@@ -28,10 +32,6 @@ MOUNTINFO_V1 = (
     "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n")
 MOUNTINFO_NO_DEVICES = MOUNTINFO_V1.splitlines(keepends=True)[0] + \
     MOUNTINFO_V1.splitlines(keepends=True)[2]
-# The names ldconfig writes into /etc/ld.so.cache, NUL-terminated (its string table).
-LIBS = [b"libcuda.so.1", b"libnvidia-ptxjitcompiler.so.1", b"libnvidia-ml.so.1",
-        b"libnvcuvid.so.1", b"libnvidia-encode.so.1", b"libGLX_nvidia.so.0",
-        b"libEGL_nvidia.so.0"]
 CONTAINERD_V2 = """version = 2
 {imports}
 [plugins."io.containerd.grpc.v1.cri".containerd]
@@ -83,21 +83,24 @@ def status(report: dict[str, Any], name: str) -> tuple[str, str, str]:
     return c["status"], c["detail"], c["fix"]
 
 
+@pytest.fixture(scope="module")
+def mig8_driver(tmp_path_factory: pytest.TempPathFactory) -> build.FakeDriverBuild:
+    """The fake driver (gcc at test time) for the shipped 8x A100 inventory."""
+    reason = build.skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    return build.build_fake_driver(tmp_path_factory.mktemp("fakedriver"), "8xa100-mig")
+
+
 @pytest.fixture
-def node(tmp_path: Path) -> Node:
-    """The shipped fake 8x A100 host, made healthy: persistenced's socket, a v1 devices
-    cgroup, the driver's libraries in the ld cache, nvidia-smi, a fresh snapshot, and gpuhook
-    registered with containerd."""
-    root = tmp_path / "host"
-    shutil.copytree(specs.MIG8_HOST, root)
-    (root / "run/nvidia-persistenced").mkdir(parents=True)
-    (root / "run/nvidia-persistenced/socket").write_text("")
+def node(tmp_path: Path, mig8_driver: build.FakeDriverBuild) -> Node:
+    """The shipped fake 8x A100 host, made healthy: the fake driver installed (its libraries,
+    nvidia-smi, GSP firmware, persistenced's socket, an ld.so.cache written by the real
+    `ldconfig -r`), a v1 devices cgroup, a fresh snapshot, and gpuhook registered with
+    containerd."""
+    root = build.make_fake_host(mig8_driver, tmp_path / "host").root
     (root / "proc/self").mkdir(parents=True)
     (root / "proc/self/mountinfo").write_text(MOUNTINFO_V1)
-    (root / "etc").mkdir()
-    (root / "etc/ld.so.cache").write_bytes(b"glibc-ld.so.cache1.1" + b"\0".join(LIBS) + b"\0")
-    (root / "usr/bin").mkdir(parents=True)
-    (root / "usr/bin/nvidia-smi").write_text("")
     etc = tmp_path / "etc"
     for d in ("containerd/conf.d", "crio/crio.conf.d", "docker", "hooks.d"):
         (etc / d).mkdir(parents=True)
@@ -151,9 +154,9 @@ FAILURES: list[tuple[str, Callable[[Node], object], str, str, str]] = [
      "cgroup", "fail", "no 'devices' controller"),
     ("a stale snapshot", _text("proc/driver/nvidia/version", "NVRM version: changed\n"),
      "snapshot", "warn", "stale"),
-    ("libcuda missing from the ld cache", lambda n: (n.root / "etc/ld.so.cache").write_bytes(
-        b"\0".join(x for x in LIBS if x != b"libcuda.so.1")), "driver-files:compute", "fail",
-     "libcuda.so.1"),
+    ("libcuda missing (its ld cache links lead nowhere)", _rm(
+        "usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15"), "driver-files:compute", "fail",
+     "needs libcuda.so.550.54.15"),
     ("no nvidia-smi", _rm("usr/bin/nvidia-smi"), "driver-files:utility", "fail", "nvidia-smi"),
     ("containerd's config does not parse", lambda n: (
         n.etc / "containerd/config.toml").write_text("version = = 2\n"), "containerd", "fail",
@@ -224,3 +227,50 @@ def test_inventory_show_names_the_old_and_the_new_driver_version(node: Node) -> 
     assert r.returncode == 1
     assert "proc/driver/nvidia/version changed (was 'NVRM version:" in r.stdout
     assert "now 'NVRM version: NVIDIA UNIX x86_64 Kernel Module  555.42.02" in r.stdout
+
+
+@pytest.mark.parametrize(("modes", "want", "says"), [
+    ((1, 1), "ok", "persistence mode on for 2 GPU(s)"),
+    ((1, None), "ok", "not supported on 1"),
+    ((1, 0), "warn", "persistence mode is off on GPU 1 (GPU-bbbb)"),
+], ids=["on everywhere", "not supported on one", "off on one GPU"])
+def test_persistence_mode_is_asked_of_nvml_per_gpu(
+        tmp_path: Path, modes: tuple[int | None, ...], want: str, says: str) -> None:
+    world = fake.World(gpus=[
+        fake.FakeGpu(f"GPU-{c * 4}", "NVIDIA A100-SXM4-40GB", f"00000000:0{i}:00.0", minor=i,
+                     persistence=m) for i, (c, m) in enumerate(zip("ab", modes, strict=True))])
+    check = check_persistence(Config(), HostPaths(str(tmp_path)), fake.module(world))
+    assert (check.status, says in check.detail) == (want, True), check
+    assert world.initialized == 0 and world.shutdowns == 1
+
+
+def test_persistence_mode_that_nvml_cannot_tell_is_a_warning_naming_the_error(
+        tmp_path: Path) -> None:
+    world = fake.World(gpus=[], init_error=fake.NVML_ERROR_DRIVER_NOT_LOADED)
+    check = check_persistence(Config(), HostPaths(str(tmp_path)), fake.module(world))
+    assert check.status == "warn" and "not loaded" in check.detail, check
+
+
+CGROUP2 = "/sys/fs/cgroup/unified"  # this machine's cgroup2 (hybrid); /sys/fs/cgroup on v2
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="attaching a BPF program needs root")
+def test_bpf_check_attaches_a_device_program_to_a_scratch_cgroup_and_removes_it() -> None:
+    root = CGROUP2 if os.path.isdir(CGROUP2) else "/sys/fs/cgroup"
+    before = set(os.listdir(root))
+    check = bpf_attach_check(root)
+    assert check.status == "ok" and "loads and attaches" in check.detail, check
+    assert set(os.listdir(root)) == before  # the scratch cgroup is gone
+
+
+def test_bpf_check_without_a_cgroup2_fails_with_the_fix() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("loading a BPF program needs root")
+    check = bpf_attach_check(None)
+    assert check.status == "fail" and "no cgroup2 is mounted" in check.detail, check
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="attaching a BPF program needs root")
+def test_bpf_check_names_a_cgroup_it_cannot_make(tmp_path: Path) -> None:
+    check = bpf_attach_check(str(tmp_path / "not-a-cgroup-fs" / "missing"))
+    assert check.status == "fail" and "cannot make a scratch cgroup" in check.detail, check

@@ -224,3 +224,22 @@ def test_inventory_show_names_the_old_and_the_new_driver_version(node: Node) -> 
     assert r.returncode == 1
     assert "proc/driver/nvidia/version changed (was 'NVRM version:" in r.stdout
     assert "now 'NVRM version: NVIDIA UNIX x86_64 Kernel Module  555.42.02" in r.stdout
+
+
+@pytest.mark.parametrize("pattern", [
+    pytest.param("cdi.k8s.io/*", id="the CDI prefix is named by doctor as install names it"),
+    pytest.param("*/*", id="a catch-all is named by doctor as install names it"),
+    pytest.param("*", id="a lone star passes nothing with a slash for doctor as for install"),
+])
+def test_doctor_judges_pod_annotations_as_install_does(node: Node, pattern: str) -> None:
+    """One judgement (engines/containerd.py): doctor fails exactly when install warns, with
+    install's words."""
+    from gpuhook.engines.containerd import cdi_annotation_warnings
+
+    node.containerd(pod_annotations=f'pod_annotations = ["{pattern}"]')
+    warnings = cdi_annotation_warnings(
+        (node.etc / "containerd/config.toml").read_text(), "nvidia")
+    code, report = node.doctor()
+    got, detail, _ = status(report, "containerd")
+    assert (got, code) == (("fail", 1) if warnings else ("ok", 0)), detail
+    assert all(w in detail for w in warnings), (warnings, detail)

@@ -37,7 +37,19 @@ def is_gpuhooks(path: str, exe: str = RUNTIME_EXE) -> str | None:
         return f"{path}: {e.strerror}"
     if MARKERS[exe] not in head:
         return f"{path} is not gpuhook's {exe} launcher"
-    return None
+    return _bundle_problem(path)
+
+
+def _bundle_problem(launcher: str) -> str | None:
+    """A launcher `gpuhook node install` put on the host (HOST_DIR/<id>/bin/…, reached through
+    `current`) runs only from a complete bundle: a torn copy (no `.complete`) is named."""
+    from gpuhook.node import payload
+
+    bundle = os.path.dirname(os.path.dirname(os.path.realpath(launcher)))
+    if os.path.dirname(bundle) != payload.HOST_DIR or payload.is_complete(bundle):
+        return None
+    return (f"{launcher} is in {bundle}, an incomplete bundle (no {payload.COMPLETE}: a copy "
+            "that was cut off)")
 
 
 def _toml(path: str) -> dict[str, Any]:

@@ -16,7 +16,8 @@ the install is acted on once the install is complete) and undoes it: uninstall.
 
 uninstall: the engine's `gpuhook uninstall` in the host root (the config put back byte for byte
 from the backup install took, the drop-in removed), one restart if that changed the effective
-config, then the bundle, `current`, the config and the lock file removed.
+config, then the bundle, `current` and the config removed. The lock file goes whenever the
+instance that holds it ends (locked()).
 
 A failure during install undoes the steps already done (nothing is left half-applied) and
 raises NodeError naming the step.
@@ -87,24 +88,51 @@ def check(opts: NodeOptions) -> None:
 
 @contextlib.contextmanager
 def locked(opts: NodeOptions, echo: Echo) -> Iterator[None]:
+    """Hold HOST_DIR/.lock for the block; the file is removed on every way out of it (done,
+    failed, signalled), while still held, so no lock file outlives its instance (only a SIGKILL
+    leaves one, which the next instance takes over). An instance refused here removes nothing."""
     parent = opts.here(payload.HOST_DIR)
     os.makedirs(parent, exist_ok=True)
     path = os.path.join(parent, payload.LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = _acquire(path)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise NodeError(f"another gpuhook node install holds {payload.HOST_DIR}/"
-                            f"{payload.LOCK_NAME} (pid {holder} in its pid namespace); one per "
-                            "node") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         echo(f"lock: {payload.HOST_DIR}/{payload.LOCK_NAME} held by pid {os.getpid()}")
         yield
     finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
         os.close(fd)
+
+
+def _acquire(path: str, tries: int = 10) -> int:
+    """flock the file at `path`. The holder unlinks it on its way out, so a lock taken on an
+    inode that is no longer `path` (opened just before that unlink) is dropped and taken again
+    on the new file."""
+    for _ in range(tries):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise NodeError(f"another gpuhook node install holds {payload.HOST_DIR}/"
+                            f"{payload.LOCK_NAME} (pid {holder} in its pid namespace); one per "
+                            "node") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        held = os.fstat(fd)
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            now = None
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            return fd
+        os.close(fd)
+    raise NodeError(f"{payload.HOST_DIR}/{payload.LOCK_NAME}: replaced {tries} times while "
+                    "being locked; another instance keeps starting")
 
 
 # ---- 2. bundle, 3. config --------------------------------------------------------------------
@@ -368,9 +396,6 @@ def uninstall(opts: NodeOptions, echo: Echo) -> None:
         else:
             os.unlink(path)
             echo(f"remove: {payload.HOST_DIR}/{name}")
-    if not opts.dry_run:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(parent, payload.LOCK_NAME))
     echo("uninstalled" + (" (dry run: nothing written)" if opts.dry_run else ""))
 
 

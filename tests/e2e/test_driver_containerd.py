@@ -16,7 +16,7 @@ import pytest
 
 from tests.e2e import glibc_rootfs
 from tests.e2e.containerd_harness import Containerd, remove_cgroups
-from tests.e2e.cri.client import CriClient
+from tests.e2e.cri.client import CriClient, running_pod
 from tests.e2e.device_probe import DEVICE_DIR
 from tests.e2e.driver_env import file_hash, tree_hash, write_config
 from tests.e2e.oci_image import PAUSE_SCRIPT, ImageSpec, find_busybox, write_oci_archive
@@ -77,15 +77,8 @@ def driver_pod(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
             name = unique("driver-pod")
             sandbox = cri.sandbox_config(name=name, uid=name, log_dir=log_dir,
                                          cgroup_parent=f"/{POD_CGROUP}", privileged=True)
-            pod_id = cri.run_pod_sandbox(sandbox, runtime_handler=RUNTIME_NAME)
-            try:
+            with running_pod(cri, sandbox, RUNTIME_NAME) as pod_id:
                 yield DriverPod(cri, pod_id, sandbox, log_dir, host)
-            finally:
-                try:
-                    cri.stop_pod_sandbox(pod_id)
-                    cri.remove_pod_sandbox(pod_id)
-                finally:
-                    cri.close()
     finally:
         assert not remove_cgroups(POD_CGROUP)
 

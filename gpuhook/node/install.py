@@ -32,10 +32,13 @@ import shutil
 import signal
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpuhook.node import hostroot, payload
 from gpuhook.node import restart as restarts
+
+if TYPE_CHECKING:
+    from gpuhook.engines import Options
 
 RUNTIMES = ("containerd", "crio")
 WAIT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -223,11 +226,8 @@ def engine_step(opts: NodeOptions, install: bool) -> dict[str, Any]:
     """Runs with the host's root as `/` (hostroot.run_in_root)."""
     from gpuhook import engines
 
-    eopts = engines.Options(runtime=opts.runtime, name=opts.name,
-                            drop_in=opts.runtime == "containerd",
-                            runtime_binary=opts.runtime_binary if install else "")
     plan = engines.plan_install if install else engines.plan_uninstall
-    changes, _ = plan(eopts)
+    changes, _ = plan(_engine_options(opts, install))
     out: dict[str, Any] = {"effective": effective(changes),
                            "changed": any(c.changes for c in changes),
                            "made_dirs": _missing_dirs(c.path for c in changes
@@ -458,9 +458,15 @@ def _registered_binary(opts: NodeOptions) -> str | None:
     """What a fresh install would not change: the engine's plan for this install is empty."""
     from gpuhook import engines
 
-    eopts = engines.Options(runtime=opts.runtime, name=opts.name,
-                            drop_in=opts.runtime == "containerd",
-                            runtime_binary=opts.runtime_binary)
-    changes, _ = engines.plan_install(eopts)
+    changes, _ = engines.plan_install(_engine_options(opts, True))
     return None if any(c.changes for c in changes) else opts.runtime_binary
+
+
+def _engine_options(opts: NodeOptions, install: bool) -> Options:
+    """`gpuhook install`'s options for this node: a containerd drop-in, the bundle's runtime."""
+    from gpuhook import engines
+
+    return engines.Options(runtime=opts.runtime, name=opts.name,
+                           drop_in=opts.runtime == "containerd",
+                           runtime_binary=opts.runtime_binary if install else "")
 

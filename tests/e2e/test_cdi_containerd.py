@@ -34,7 +34,7 @@ from tests.e2e import device_probe
 from tests.e2e.containerd_harness import MINIMAL_PATH, Containerd, cri_missing, remove_cgroups
 from tests.e2e.cri.client import CriClient, read_cri_log, running_pod
 from tests.e2e.device_probe import GPU2, NOTHING, Expect
-from tests.e2e.oci_image import PAUSE_SCRIPT, ImageSpec, find_busybox, write_oci_archive
+from tests.e2e.oci_image import ImageSpec, write_pod_images
 
 pytestmark: list[pytest.MarkDecorator] = [pytest.mark.e2e]
 
@@ -80,14 +80,7 @@ def _allow_container_annotations(cd: Containerd) -> None:
 @pytest.fixture(scope="module")
 def pod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pod]:
     work = tmp_path_factory.mktemp("containerd-cdi")
-    busybox = find_busybox()
-    assert busybox is not None
-    archive = write_oci_archive(
-        work / "images.tar",
-        [ImageSpec(IMAGE, cmd=["sh"]),
-         ImageSpec(PAUSE_IMAGE, entrypoint=["/bin/sh", "-c", PAUSE_SCRIPT])],
-        busybox,
-    )  # fmt: skip
+    archive = write_pod_images(work / "images.tar", ImageSpec(IMAGE, cmd=["sh"]), PAUSE_IMAGE)
     config = device_probe.write_fake_node_config(work / "gpuhook.toml", work / "gpuhook.log",
                                                  mode="spec")
     cd = Containerd(work / "cd", sandbox_image=PAUSE_IMAGE, env={"GPUHOOK_CONFIG": str(config)})

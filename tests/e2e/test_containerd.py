@@ -41,7 +41,7 @@ from tests.e2e.containerd_harness import (
 )
 from tests.e2e.cri.client import CriClient, read_cri_log, running_pod
 from tests.e2e.device_probe import CASES, DEVICE_DIR, GPU2, Case
-from tests.e2e.oci_image import PAUSE_SCRIPT, ImageSpec, find_busybox, write_oci_archive
+from tests.e2e.oci_image import PAUSE_SCRIPT, ImageSpec, write_pod_images
 
 pytestmark: list[pytest.MarkDecorator] = [pytest.mark.e2e]
 
@@ -100,14 +100,7 @@ def node(
     (then restarted, as `gpuhook install` tells the operator to)."""
     mode = str(request.param)
     work = tmp_path_factory.mktemp(f"containerd-{mode}")
-    busybox = find_busybox()
-    assert busybox is not None
-    archive = write_oci_archive(
-        work / "images.tar",
-        [ImageSpec(IMAGE, cmd=["sh"]),
-         ImageSpec(PAUSE_IMAGE, entrypoint=["/bin/sh", "-c", PAUSE_SCRIPT])],
-        busybox,
-    )  # fmt: skip
+    archive = write_pod_images(work / "images.tar", ImageSpec(IMAGE, cmd=["sh"]), PAUSE_IMAGE)
     log = work / "gpuhook.log"
     config = device_probe.write_fake_node_config(work / "gpuhook.toml", log, mode=mode)
     cd = Containerd(work / "cd", sandbox_image=PAUSE_IMAGE, env={"GPUHOOK_CONFIG": str(config)})

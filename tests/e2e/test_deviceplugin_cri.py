@@ -30,7 +30,7 @@ from tests.e2e import device_probe
 from tests.e2e.containerd_harness import MINIMAL_PATH, Containerd, cri_missing, remove_cgroups
 from tests.e2e.cri.client import CriClient, read_cri_log, running_pod
 from tests.e2e.device_probe import CONTROL, GPU2, MIG_1_0, NOTHING, NUMBERS, PRIVILEGED_ALL, Expect
-from tests.e2e.oci_image import PAUSE_SCRIPT, ImageSpec, find_busybox, write_oci_archive
+from tests.e2e.oci_image import ImageSpec, write_pod_images
 from tests.kubelet_merge import (
     CUDA_IMAGE_ENV,
     containerd16_mount,
@@ -78,14 +78,9 @@ def pod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pod]:
     """One private containerd (gpuhook installed as `nvidia`, then restarted, as an operator
     does) with a CUDA-like image and one privileged pod sandbox run with that handler."""
     work = tmp_path_factory.mktemp("containerd-deviceplugin")
-    busybox = find_busybox()
-    assert busybox is not None
-    archive = write_oci_archive(
-        work / "images.tar",
-        [ImageSpec(CUDA_IMAGE, cmd=["sh"], env=list(CUDA_IMAGE_ENV)),
-         ImageSpec(PAUSE_IMAGE, entrypoint=["/bin/sh", "-c", PAUSE_SCRIPT])],
-        busybox,
-    )  # fmt: skip
+    archive = write_pod_images(
+        work / "images.tar", ImageSpec(CUDA_IMAGE, cmd=["sh"], env=list(CUDA_IMAGE_ENV)),
+        PAUSE_IMAGE)
     log = work / "gpuhook.log"
     config = device_probe.write_fake_node_config(work / "gpuhook.toml", log, mode="spec")
     cd = Containerd(work / "cd", sandbox_image=PAUSE_IMAGE, env={"GPUHOOK_CONFIG": str(config)})

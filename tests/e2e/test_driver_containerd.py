@@ -19,7 +19,7 @@ from tests.e2e.containerd_harness import Containerd, remove_cgroups
 from tests.e2e.cri.client import CriClient, running_pod
 from tests.e2e.device_probe import DEVICE_DIR
 from tests.e2e.driver_env import file_hash, tree_hash, write_config
-from tests.e2e.oci_image import PAUSE_SCRIPT, ImageSpec, find_busybox, write_oci_archive
+from tests.e2e.oci_image import find_busybox, pause_image, write_oci_archive
 from tests.e2e.test_containerd import (
     PAUSE_IMAGE,
     RUNTIME_NAME,
@@ -56,8 +56,7 @@ def driver_pod(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     work = tmp_path_factory.mktemp(f"containerd-driver-{mode}")
     busybox = find_busybox()
     assert busybox is not None
-    pause = write_oci_archive(work / "pause.tar", [ImageSpec(
-        PAUSE_IMAGE, entrypoint=["/bin/sh", "-c", PAUSE_SCRIPT])], busybox)
+    pause = write_oci_archive(work / "pause.tar", [pause_image(PAUSE_IMAGE)], busybox)
     image = glibc_rootfs.write_image_archive(work / "glibc.tar", IMAGE, glibc_image)
     host = fakedriver.make_fake_host(driver_build, work / "host")
     config = write_config(work / "gpuhook.toml", host.inventory, host.root,

@@ -40,7 +40,7 @@ from tests.e2e.node_harness import (
     nvidia_handler_error,
     tree,
 )
-from tests.e2e.oci_image import PAUSE_SCRIPT, ImageSpec, find_busybox, write_oci_archive
+from tests.e2e.oci_image import ImageSpec, find_busybox, write_pod_images
 from tests.kube_manifests import KUBECTL, ROOT, container, find, render
 
 pytestmark: list[pytest.MarkDecorator] = [pytest.mark.e2e]
@@ -143,14 +143,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     cm_dir.mkdir()
     fake = device_probe.write_fake_node_config(work / "fake.toml", work / "gpuhook.log")
     (cm_dir / "config.toml").write_text(fake.read_text() + cm["data"]["config.toml"])
-    busybox = find_busybox()
-    assert busybox is not None
-    archive = write_oci_archive(
-        work / "images.tar",
-        [ImageSpec(BUSYBOX_IMAGE, cmd=["sh"]),
-         ImageSpec(PAUSE_IMAGE, entrypoint=["/bin/sh", "-c", PAUSE_SCRIPT])],
-        busybox,
-    )  # fmt: skip
+    archive = write_pod_images(work / "images.tar", ImageSpec(BUSYBOX_IMAGE, cmd=["sh"]),
+                               PAUSE_IMAGE)
     node = SandboxNode(work / "host", sandbox_image=PAUSE_IMAGE)
     ctr = container(ds)
     run_args, probe_args = (

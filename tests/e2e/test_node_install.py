@@ -44,7 +44,7 @@ from tests.e2e.node_harness import (
     tree,
     wait_log,
 )
-from tests.e2e.oci_image import PAUSE_SCRIPT, ImageSpec, find_busybox, write_oci_archive
+from tests.e2e.oci_image import ImageSpec, write_pod_images
 from tests.kube_manifests import KUBECTL, container, find, render
 
 pytestmark: list[pytest.MarkDecorator] = [pytest.mark.e2e]
@@ -112,14 +112,7 @@ def _read_until(proc: subprocess.Popen[str], out: list[str], mark: str,
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     work = tmp_path_factory.mktemp("node-install")
-    busybox = find_busybox()
-    assert busybox is not None
-    archive = write_oci_archive(
-        work / "images.tar",
-        [ImageSpec(IMAGE, cmd=["sh"]),
-         ImageSpec(PAUSE_IMAGE, entrypoint=["/bin/sh", "-c", PAUSE_SCRIPT])],
-        busybox,
-    )  # fmt: skip
+    archive = write_pod_images(work / "images.tar", ImageSpec(IMAGE, cmd=["sh"]), PAUSE_IMAGE)
     node = SandboxNode(work / "host", sandbox_image=PAUSE_IMAGE)
     # The ConfigMap's config, pointed at the fake 8x A100 node (GPUs 0 and 1 in MIG mode).
     manifests = render()

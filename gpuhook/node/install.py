@@ -195,13 +195,7 @@ def install_config(opts: NodeOptions, echo: Echo) -> Callable[[], None] | None:
     write_atomic(path, opts.config)
     echo(f"config: wrote {host} ({len(opts.config)} bytes)")
 
-    def undo() -> None:
-        if old is None:
-            os.unlink(path)
-        else:
-            write_atomic(path, old)
-
-    return undo
+    return _put_back(path, old)
 
 
 # ---- 4. engine -------------------------------------------------------------------------------
@@ -358,6 +352,13 @@ def _remember_dirs(opts: NodeOptions, made: list[str]) -> Callable[[], None]:
     old = _read_or_none(path)
     dirs = sorted(set(_remembered_dirs(opts)) | set(made), key=lambda d: (-d.count("/"), d))
     write_atomic(path, (json.dumps({"made_dirs": dirs}, indent=1) + "\n").encode())
+
+    return _put_back(path, old)
+
+
+def _put_back(path: str, old: bytes | None) -> Callable[[], None]:
+    """The undo of writing `path` whose content was `old` (None: it did not exist)."""
+    from gpuhook.atomic import write_atomic
 
     def undo() -> None:
         if old is None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from gpuhook.config import Config
 from gpuhook.decide.cdi_request import ALL_CHANNELS, ENV_IMEX, GATED_ENV, Asked
 from gpuhook.decide.plan import CgroupRule, DeviceNode, DriverFile, Plan
+from gpuhook.decide.policy import untrusted_env_reason
 from gpuhook.decide.request import Ignored
 from gpuhook.errors import HostError
 
@@ -67,13 +68,13 @@ class Wanted:
 
 def extras_wanted(plan: Plan, asked: Asked, config: Config) -> Wanted:
     ignored: list[Ignored] = []
-    channels = _channels(asked, plan.privileged, config, ignored)
+    channels = _channels(asked, plan.privileged, plan.privileged_reason, config, ignored)
     families = _families(asked, plan, config, ignored)
     return Wanted(channels, families, tuple(ignored))
 
 
-def _channels(asked: Asked, privileged: bool, config: Config, ignored: list[Ignored]
-              ) -> tuple[int, ...]:
+def _channels(asked: Asked, privileged: bool, privileged_reason: str, config: Config,
+              ignored: list[Ignored]) -> tuple[int, ...]:
     """The device plugin's imex/ mounts first (as upstream), else the env var, which only a
     privileged container is believed."""
     mounts_on = config.accept_nvidia_visible_devices_as_volume_mounts
@@ -91,9 +92,7 @@ def _channels(asked: Asked, privileged: bool, config: Config, ignored: list[Igno
     if privileged or config.accept_nvidia_visible_devices_envvar_when_unprivileged:
         return asked.imex_env
     ignored.append(Ignored("envvar", f"{ENV_IMEX}={asked.imex_env_raw}",
-                           "unprivileged container (no CAP_SYS_ADMIN): the env var is not "
-                           "trusted; accept-nvidia-visible-devices-envvar-when-unprivileged is "
-                           "false"))
+                           untrusted_env_reason(privileged_reason)))
     return ()
 
 

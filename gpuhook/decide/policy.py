@@ -103,8 +103,7 @@ def _devices(req: Request, config: Config, ignored: list[Ignored], notes: list[s
     if not req.privileged and not config.accept_nvidia_visible_devices_envvar_when_unprivileged:
         if env.kind == "void":
             return SOURCE_NONE, (), False
-        reason = ("unprivileged container (no CAP_SYS_ADMIN): the env var is not trusted; "
-                  "accept-nvidia-visible-devices-envvar-when-unprivileged is false")
+        reason = untrusted_env_reason(req.privileged_reason)
         if config.unprivileged_envvar_action == "fail":
             raise PolicyError(f"{ENV_VISIBLE}={env_value} refused: {reason} and "
                               "unprivileged-envvar-action is \"fail\"")
@@ -121,6 +120,14 @@ def _devices(req: Request, config: Config, ignored: list[Ignored], notes: list[s
         notes.append(f"{ENV_VISIBLE}=none: control nodes only, no GPU")
         return SOURCE_ENV, (), True
     return SOURCE_ENV, env.ids, True
+
+
+def untrusted_env_reason(privileged_reason: str) -> str:
+    """Why an unprivileged container's env var is ignored, with request.privilege()'s reason
+    (no CAP_SYS_ADMIN, or CAP_SYS_ADMIN only inside its own user namespace, or no capabilities):
+    what the log, dry-run and explain show."""
+    return (f"unprivileged container ({privileged_reason}): the env var is not trusted; "
+            "accept-nvidia-visible-devices-envvar-when-unprivileged is false")
 
 
 def _refuse_unusable_request(req: Request) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 RANK = {OK: 0, WARN: 1, FAIL: 2}
+GROUPS = ("config", "node", "engines")  # what `doctor --only` selects (doctor/run.py)
 
 
 @dataclass(frozen=True)

@@ -4,18 +4,17 @@ annotation can reach the runtime past gpuhook's policy."""
 
 from __future__ import annotations
 
-import fnmatch
 import glob
 import json
 import os
 from typing import Any
 
 from gpuhook.doctor import FAIL, OK, WARN, Check, Where
+from gpuhook.engines.containerd import cri_path, runtime_cdi_warning
 
 RUNTIME_EXE = "gpuhook-runtime"
 DROP_IN = {"containerd": "99-gpuhook.toml", "crio": "99-gpuhook.conf"}
 HOOK_FILE = "gpuhook.json"
-CDI_ANNOTATION = "cdi.k8s.io/gpuhook-probe"  # what a pod would set to name a CDI device
 # Both launchers (bin/ and packaging/deb/bin/) end in this import.
 MARKERS = {RUNTIME_EXE: b"from gpuhook.entry import runtime_main", "gpuhook": b"gpuhook.entry"}
 
@@ -38,7 +37,19 @@ def is_gpuhooks(path: str, exe: str = RUNTIME_EXE) -> str | None:
         return f"{path}: {e.strerror}"
     if MARKERS[exe] not in head:
         return f"{path} is not gpuhook's {exe} launcher"
-    return None
+    return _bundle_problem(path)
+
+
+def _bundle_problem(launcher: str) -> str | None:
+    """A launcher `gpuhook node install` put on the host (HOST_DIR/<id>/bin/…, reached through
+    `current`) runs only from a complete bundle: a torn copy (no `.complete`) is named."""
+    from gpuhook.node import payload
+
+    bundle = os.path.dirname(os.path.dirname(os.path.realpath(launcher)))
+    if os.path.dirname(bundle) != payload.HOST_DIR or payload.is_complete(bundle):
+        return None
+    return (f"{launcher} is in {bundle}, an incomplete bundle (no {payload.COMPLETE}: a copy "
+            "that was cut off)")
 
 
 def _toml(path: str) -> dict[str, Any]:
@@ -56,12 +67,10 @@ def _dig(node: Any, *keys: str) -> Any:
     return node
 
 
-CRI_TABLE = {1: ("plugins", "cri"), 2: ("plugins", "io.containerd.grpc.v1.cri"),
-             3: ("plugins", "io.containerd.cri.v1.runtime")}  # as engines/containerd.cri_path
-
-
 def _cri(version: object) -> tuple[str, ...]:
-    return (*CRI_TABLE.get(version, ("?",)), "containerd")  # type: ignore[call-overload]
+    """engines/containerd.py's table for this config version; a path that finds nothing for a
+    version it does not know."""
+    return tuple(cri_path(version)) if version in (1, 2, 3) else ("?",)
 
 
 def check_containerd(where: Where) -> Check:
@@ -110,13 +119,10 @@ def check_containerd(where: Where) -> Check:
         if wrong:
             return Check("containerd", FAIL, f"runtime {name!r} in {file}: {wrong}",
                          f"gpuhook install --runtime containerd --name {name}")
-        allowed = _dig(table, "pod_annotations") or []
-        leaks = [p for p in allowed if isinstance(p, str) and fnmatch.fnmatch(CDI_ANNOTATION, p)]
-        if leaks:
-            return Check("containerd", FAIL,
-                         f"runtime {name!r} in {file} passes pod annotations {leaks} to the "
-                         "runtime: a pod can name CDI devices (cdi.k8s.io/...) past gpuhook's "
-                         "policy", f"remove {leaks} from its pod_annotations")
+        leak = runtime_cdi_warning(name, table)
+        if leak:
+            return Check("containerd", FAIL, f"{file}: {leak}",
+                         f"remove those patterns from runtime {name!r}'s pod_annotations")
     file, name, _, default = found[0]
     note = " (the default runtime: every pod goes through gpuhook)" if default == name else ""
     return Check("containerd", OK, f"runtime {name!r} in {file} runs gpuhook-runtime{note}")

@@ -509,8 +509,7 @@ def go_path_match(pattern: str, name: str) -> bool:
 def cdi_annotation_warnings(text: str, runtime_name: str) -> list[str]:
     """Warnings for a containerd config (main file or drop-in text) whose runtime
     `runtime_name` lets pod annotations with the CDI prefix into a container's spec (its
-    `pod_annotations`). For `gpuhook install` and `gpuhook doctor`; [] when the runtime is not
-    in this text."""
+    `pod_annotations`). For `gpuhook install`; [] when the runtime is not in this text."""
     import tomllib
 
     try:
@@ -521,14 +520,22 @@ def cdi_annotation_warnings(text: str, runtime_name: str) -> list[str]:
     if version not in (1, 2, 3):
         return []
     table = _get(doc, [*cri_path(int(version)), "runtimes", runtime_name])
+    warning = runtime_cdi_warning(runtime_name, table)
+    return [warning] if warning else []
+
+
+def runtime_cdi_warning(runtime_name: str, table: object) -> str | None:
+    """The warning for one parsed runtime table (`...containerd.runtimes.<name>`) whose
+    `pod_annotations` pass the CDI prefix, or None. The one judgement `gpuhook install` (above)
+    and `gpuhook doctor` (doctor/engines.py, which finds the table across imported files) share.
+    """
     if not isinstance(table, dict):
-        return []
-    out: list[str] = []
+        return None
     pods = table.get("pod_annotations") or []
     bad = [p for p in pods if isinstance(p, str) and go_path_match(p, CDI_PROBE_KEY)]
-    if bad:
-        out.append(f"runtime {runtime_name!r}: pod_annotations {bad!r} lets pod authors write "
-                   "cdi.k8s.io/ annotations into the container spec, which gpuhook serves as "
-                   "the device plugin's CDI requests: remove those patterns (only "
-                   "container_annotations should pass cdi.k8s.io/*)")
-    return out
+    if not bad:
+        return None
+    return (f"runtime {runtime_name!r}: pod_annotations {bad!r} lets pod authors write "
+            "cdi.k8s.io/ annotations into the container spec, which gpuhook serves as the "
+            "device plugin's CDI requests (a pod names CDI devices past gpuhook's policy): "
+            "remove those patterns (only container_annotations should pass cdi.k8s.io/*)")

@@ -16,7 +16,8 @@ the install is acted on once the install is complete) and undoes it: uninstall.
 
 uninstall: the engine's `gpuhook uninstall` in the host root (the config put back byte for byte
 from the backup install took, the drop-in removed), one restart if that changed the effective
-config, then the bundle, `current`, the config and the lock file removed.
+config, then the bundle, `current` and the config removed. The lock file goes whenever the
+instance that holds it ends (locked()).
 
 A failure during install undoes the steps already done (nothing is left half-applied) and
 raises NodeError naming the step.
@@ -31,10 +32,13 @@ import shutil
 import signal
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpuhook.node import hostroot, payload
 from gpuhook.node import restart as restarts
+
+if TYPE_CHECKING:
+    from gpuhook.engines import Options
 
 RUNTIMES = ("containerd", "crio")
 WAIT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -87,24 +91,51 @@ def check(opts: NodeOptions) -> None:
 
 @contextlib.contextmanager
 def locked(opts: NodeOptions, echo: Echo) -> Iterator[None]:
+    """Hold HOST_DIR/.lock for the block; the file is removed on every way out of it (done,
+    failed, signalled), while still held, so no lock file outlives its instance (only a SIGKILL
+    leaves one, which the next instance takes over). An instance refused here removes nothing."""
     parent = opts.here(payload.HOST_DIR)
     os.makedirs(parent, exist_ok=True)
     path = os.path.join(parent, payload.LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = _acquire(path)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise NodeError(f"another gpuhook node install holds {payload.HOST_DIR}/"
-                            f"{payload.LOCK_NAME} (pid {holder} in its pid namespace); one per "
-                            "node") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         echo(f"lock: {payload.HOST_DIR}/{payload.LOCK_NAME} held by pid {os.getpid()}")
         yield
     finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
         os.close(fd)
+
+
+def _acquire(path: str, tries: int = 10) -> int:
+    """flock the file at `path`. The holder unlinks it on its way out, so a lock taken on an
+    inode that is no longer `path` (opened just before that unlink) is dropped and taken again
+    on the new file."""
+    for _ in range(tries):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise NodeError(f"another gpuhook node install holds {payload.HOST_DIR}/"
+                            f"{payload.LOCK_NAME} (pid {holder} in its pid namespace); one per "
+                            "node") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        held = os.fstat(fd)
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            now = None
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            return fd
+        os.close(fd)
+    raise NodeError(f"{payload.HOST_DIR}/{payload.LOCK_NAME}: replaced {tries} times while "
+                    "being locked; another instance keeps starting")
 
 
 # ---- 2. bundle, 3. config --------------------------------------------------------------------
@@ -164,13 +195,7 @@ def install_config(opts: NodeOptions, echo: Echo) -> Callable[[], None] | None:
     write_atomic(path, opts.config)
     echo(f"config: wrote {host} ({len(opts.config)} bytes)")
 
-    def undo() -> None:
-        if old is None:
-            os.unlink(path)
-        else:
-            write_atomic(path, old)
-
-    return undo
+    return _put_back(path, old)
 
 
 # ---- 4. engine -------------------------------------------------------------------------------
@@ -195,11 +220,8 @@ def engine_step(opts: NodeOptions, install: bool) -> dict[str, Any]:
     """Runs with the host's root as `/` (hostroot.run_in_root)."""
     from gpuhook import engines
 
-    eopts = engines.Options(runtime=opts.runtime, name=opts.name,
-                            drop_in=opts.runtime == "containerd",
-                            runtime_binary=opts.runtime_binary if install else "")
     plan = engines.plan_install if install else engines.plan_uninstall
-    changes, _ = plan(eopts)
+    changes, _ = plan(_engine_options(opts, install))
     out: dict[str, Any] = {"effective": effective(changes),
                            "changed": any(c.changes for c in changes),
                            "made_dirs": _missing_dirs(c.path for c in changes
@@ -331,6 +353,13 @@ def _remember_dirs(opts: NodeOptions, made: list[str]) -> Callable[[], None]:
     dirs = sorted(set(_remembered_dirs(opts)) | set(made), key=lambda d: (-d.count("/"), d))
     write_atomic(path, (json.dumps({"made_dirs": dirs}, indent=1) + "\n").encode())
 
+    return _put_back(path, old)
+
+
+def _put_back(path: str, old: bytes | None) -> Callable[[], None]:
+    """The undo of writing `path` whose content was `old` (None: it did not exist)."""
+    from gpuhook.atomic import write_atomic
+
     def undo() -> None:
         if old is None:
             os.unlink(path)
@@ -368,9 +397,6 @@ def uninstall(opts: NodeOptions, echo: Echo) -> None:
         else:
             os.unlink(path)
             echo(f"remove: {payload.HOST_DIR}/{name}")
-    if not opts.dry_run:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(parent, payload.LOCK_NAME))
     echo("uninstalled" + (" (dry run: nothing written)" if opts.dry_run else ""))
 
 
@@ -433,9 +459,15 @@ def _registered_binary(opts: NodeOptions) -> str | None:
     """What a fresh install would not change: the engine's plan for this install is empty."""
     from gpuhook import engines
 
-    eopts = engines.Options(runtime=opts.runtime, name=opts.name,
-                            drop_in=opts.runtime == "containerd",
-                            runtime_binary=opts.runtime_binary)
-    changes, _ = engines.plan_install(eopts)
+    changes, _ = engines.plan_install(_engine_options(opts, True))
     return None if any(c.changes for c in changes) else opts.runtime_binary
+
+
+def _engine_options(opts: NodeOptions, install: bool) -> Options:
+    """`gpuhook install`'s options for this node: a containerd drop-in, the bundle's runtime."""
+    from gpuhook import engines
+
+    return engines.Options(runtime=opts.runtime, name=opts.name,
+                           drop_in=opts.runtime == "containerd",
+                           runtime_binary=opts.runtime_binary if install else "")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -46,6 +47,28 @@ DISABLED_PLUGINS = [
 
 class ContainerdError(RuntimeError):
     pass
+
+
+APT = {"unshare": "util-linux"}  # the Debian package of a tool not in containerd's or runc's
+
+
+def cri_missing(*extra_tools: str) -> str | None:
+    """Why a CRI e2e (containerd + runc + the CRI client, busybox images) cannot run here, for
+    its skip; None when it can. `extra_tools`: what the test needs besides."""
+    from tests.e2e.oci_image import find_busybox
+
+    if os.geteuid() != 0:
+        return "needs root (containerd, runc, cgroups, mount namespaces)"
+    for tool in (CONTAINERD, CTR, SHIM, "runc", *extra_tools):
+        if shutil.which(tool, path=MINIMAL_PATH) is None:
+            return f"{tool} not installed (apt: {APT.get(tool, 'containerd, runc')})"
+    if find_busybox() is None:
+        return "busybox not installed (apt: busybox-static)"
+    try:
+        import grpc_tools  # noqa: F401
+    except ImportError:
+        return "grpcio-tools missing (pyproject test extra)"
+    return None
 
 
 def default_config_text() -> str:
@@ -189,20 +212,11 @@ class Containerd:
     def cleanup(self) -> None:
         """After `stop()`: kill the shims serving this socket and unmount leftovers."""
         self.stop()
-        for pid in shim_pids(self.socket):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while shim_pids(self.socket) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        kill_shims(self.socket)
         unmount_under(self.workdir)
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no containerd log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     def ctr(
         self,
@@ -264,6 +278,25 @@ def shim_pids(socket: Path) -> list[int]:
         if _flag_value(argv, "address") == str(socket):
             found.append(int(entry))
     return found
+
+
+def kill_shims(socket: Path, timeout: float = 5.0) -> None:
+    """SIGKILL the shims serving `socket` (they outlive their containerd) and wait for them."""
+    for pid in shim_pids(socket):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while shim_pids(socket) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last lines of a containerd log, for an assertion message."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no containerd log)"
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def _flag_value(argv: Sequence[str], name: str) -> str | None:

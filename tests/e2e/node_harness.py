@@ -31,11 +31,12 @@ from tests.e2e.containerd_harness import (
     CTR,
     MINIMAL_PATH,
     ContainerdError,
+    kill_shims,
+    log_tail,
     private_config,
-    shim_pids,
     unmount_under,
 )
-from tests.e2e.cri.client import CriClient, read_cri_log
+from tests.e2e.cri.client import CriClient, read_cri_log, running_pod
 
 SOCKET = "/run/containerd/containerd.sock"  # the host path
 CONFIG = "/etc/containerd/config.toml"
@@ -139,20 +140,11 @@ class SandboxNode:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=15)
-        for pid in shim_pids(self.socket):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while shim_pids(self.socket) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        kill_shims(self.socket)
         unmount_under(self.root)
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no containerd log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     def ctr(self, *args: str, namespace: str = "k8s.io", check: bool = True,
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -207,26 +199,19 @@ def gpu_probe_pod(node: SandboxNode, work: Path, image: str, cgroup_parent: str,
     cri = CriClient(socket=node.socket, gen_dir=work / "cri_gen")
     log_dir = work / f"pod-logs-{time.monotonic_ns()}"
     log_dir.mkdir()
-    try:
-        config = cri.sandbox_config(name=log_dir.name, uid=log_dir.name, log_dir=log_dir,
-                                    cgroup_parent=f"/{cgroup_parent}", privileged=True)
-        pod_id = cri.run_pod_sandbox(config, runtime_handler="nvidia")
-        try:
-            cid = cri.create_container(
-                pod_id, config, name="probe", image=image,
-                command=["sh", "-c", device_probe.script()],
-                env={"NVIDIA_VISIBLE_DEVICES": "all"},
-                mounts=[("/dev/null", f"{device_probe.DEVICE_DIR}/{gpu}")], log_path="probe.log")
-            cri.start_container(cid)
-            st = cri.wait_exited(cid)
-            assert st.exit_code == 0, st
-            out = wait_log(log_dir / "probe.log")
-            cri.remove_container(cid)
-        finally:
-            cri.stop_pod_sandbox(pod_id)
-            cri.remove_pod_sandbox(pod_id)
-    finally:
-        cri.close()
+    config = cri.sandbox_config(name=log_dir.name, uid=log_dir.name, log_dir=log_dir,
+                                cgroup_parent=f"/{cgroup_parent}", privileged=True)
+    with running_pod(cri, config, "nvidia") as pod_id:
+        cid = cri.create_container(
+            pod_id, config, name="probe", image=image,
+            command=["sh", "-c", device_probe.script()],
+            env={"NVIDIA_VISIBLE_DEVICES": "all"},
+            mounts=[("/dev/null", f"{device_probe.DEVICE_DIR}/{gpu}")], log_path="probe.log")
+        cri.start_container(cid)
+        st = cri.wait_exited(cid)
+        assert st.exit_code == 0, st
+        out = wait_log(log_dir / "probe.log")
+        cri.remove_container(cid)
     return out
 
 

@@ -121,6 +121,19 @@ def _add_bytes(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     tf.addfile(info, io.BytesIO(data))
 
 
+def pause_image(name: str) -> ImageSpec:
+    """A pod sandbox image: busybox sh that waits until it is stopped."""
+    return ImageSpec(name, entrypoint=["/bin/sh", "-c", PAUSE_SCRIPT])
+
+
+def write_pod_images(dest: Path, image: ImageSpec, pause: str) -> Path:
+    """An OCI archive of a test's container image and its pod's pause image `pause`, both on
+    the static busybox (the e2e files' skips check find_busybox first)."""
+    busybox = find_busybox()
+    assert busybox is not None
+    return write_oci_archive(dest, [image, pause_image(pause)], busybox)
+
+
 def write_oci_archive(dest: Path, images: list[ImageSpec], busybox: Path) -> Path:
     """Write an OCI image-layout tarball holding `images` (all sharing one busybox layer).
     Each manifest is annotated with its full name (`io.containerd.image.name`, which

@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -32,10 +31,10 @@ import tomlkit
 
 from tests.conftest import REPO
 from tests.e2e import device_probe
-from tests.e2e.containerd_harness import MINIMAL_PATH, Containerd, remove_cgroups
-from tests.e2e.cri.client import CriClient, read_cri_log
+from tests.e2e.containerd_harness import MINIMAL_PATH, Containerd, cri_missing, remove_cgroups
+from tests.e2e.cri.client import CriClient, read_cri_log, running_pod
 from tests.e2e.device_probe import GPU2, NOTHING, Expect
-from tests.e2e.oci_image import PAUSE_SCRIPT, ImageSpec, find_busybox, write_oci_archive
+from tests.e2e.oci_image import ImageSpec, write_pod_images
 
 pytestmark: list[pytest.MarkDecorator] = [pytest.mark.e2e]
 
@@ -47,23 +46,7 @@ BIN = Path(sys.executable).parent
 FIXTURE = REPO / "tests" / "data" / "deviceplugin" / "cdi-annotations-uuid-1gpu.json"
 _ids = itertools.count()
 
-
-def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (containerd, runc, cgroups)"
-    for tool in ("containerd", "ctr", "containerd-shim-runc-v2", "runc"):
-        if shutil.which(tool, path=MINIMAL_PATH) is None:
-            return f"{tool} not installed (apt: containerd, runc)"
-    if find_busybox() is None:
-        return "busybox not installed (apt: busybox-static)"
-    try:
-        import grpc_tools  # noqa: F401
-    except ImportError:
-        return "grpcio-tools missing (pyproject test extra)"
-    return None
-
-
-_why = _missing()
+_why = cri_missing()
 if _why:
     pytestmark.append(pytest.mark.skip(reason=_why))
 
@@ -97,14 +80,7 @@ def _allow_container_annotations(cd: Containerd) -> None:
 @pytest.fixture(scope="module")
 def pod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pod]:
     work = tmp_path_factory.mktemp("containerd-cdi")
-    busybox = find_busybox()
-    assert busybox is not None
-    archive = write_oci_archive(
-        work / "images.tar",
-        [ImageSpec(IMAGE, cmd=["sh"]),
-         ImageSpec(PAUSE_IMAGE, entrypoint=["/bin/sh", "-c", PAUSE_SCRIPT])],
-        busybox,
-    )  # fmt: skip
+    archive = write_pod_images(work / "images.tar", ImageSpec(IMAGE, cmd=["sh"]), PAUSE_IMAGE)
     config = device_probe.write_fake_node_config(work / "gpuhook.toml", work / "gpuhook.log",
                                                  mode="spec")
     cd = Containerd(work / "cd", sandbox_image=PAUSE_IMAGE, env={"GPUHOOK_CONFIG": str(config)})
@@ -138,16 +114,9 @@ def _pod(cd: Containerd, work: Path) -> Iterator[Pod]:
     # A pod author's annotation with the CDI prefix, naming every GPU: containerd must not pass
     # it into any container's spec (pod_annotations is empty).
     config.annotations["cdi.k8s.io/forged"] = "k8s.device-plugin.nvidia.com/gpu=all"
-    pod_id = cri.run_pod_sandbox(config, runtime_handler=RUNTIME)
-    try:
+    with running_pod(cri, config, RUNTIME) as pod_id:
         yield Pod(cri=cri, pod_id=pod_id, sandbox_config=config, log_dir=log_dir,
                   gpuhook_log=work / "gpuhook.log")
-    finally:
-        try:
-            cri.stop_pod_sandbox(pod_id)
-            cri.remove_pod_sandbox(pod_id)
-        finally:
-            cri.close()
 
 
 def _probe(pod: Pod, annotations: dict[str, str]) -> str:

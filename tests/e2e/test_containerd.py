@@ -22,7 +22,6 @@ import contextlib
 import itertools
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -33,10 +32,16 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import device_probe
-from tests.e2e.containerd_harness import MINIMAL_PATH, Containerd, remove_cgroups, shim_pids
-from tests.e2e.cri.client import CriClient, read_cri_log
+from tests.e2e.containerd_harness import (
+    MINIMAL_PATH,
+    Containerd,
+    cri_missing,
+    remove_cgroups,
+    shim_pids,
+)
+from tests.e2e.cri.client import CriClient, read_cri_log, running_pod
 from tests.e2e.device_probe import CASES, DEVICE_DIR, GPU2, Case
-from tests.e2e.oci_image import PAUSE_SCRIPT, ImageSpec, find_busybox, write_oci_archive
+from tests.e2e.oci_image import PAUSE_SCRIPT, ImageSpec, write_pod_images
 
 pytestmark: list[pytest.MarkDecorator] = [pytest.mark.e2e]
 
@@ -57,23 +62,12 @@ def unique(prefix: str) -> str:
 
 
 def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (containerd, runc, cgroups)"
-    for tool in ("containerd", "ctr", "containerd-shim-runc-v2", "runc"):
-        if shutil.which(tool, path=MINIMAL_PATH) is None:
-            return f"{tool} not installed (apt: containerd, runc)"
-    if find_busybox() is None:
-        return "busybox not installed (apt: busybox-static)"
     if not GPUHOOK_RUNTIME.exists():
         return f"{GPUHOOK_RUNTIME} missing: pip install -e . in the venv"
-    try:
-        import grpc_tools  # noqa: F401
-    except ImportError:
-        return "grpcio-tools missing (pyproject test extra)"
     return None
 
 
-_why = _missing()
+_why = cri_missing() or _missing()
 if _why:
     pytestmark.append(pytest.mark.skip(reason=_why))
 
@@ -106,14 +100,7 @@ def node(
     (then restarted, as `gpuhook install` tells the operator to)."""
     mode = str(request.param)
     work = tmp_path_factory.mktemp(f"containerd-{mode}")
-    busybox = find_busybox()
-    assert busybox is not None
-    archive = write_oci_archive(
-        work / "images.tar",
-        [ImageSpec(IMAGE, cmd=["sh"]),
-         ImageSpec(PAUSE_IMAGE, entrypoint=["/bin/sh", "-c", PAUSE_SCRIPT])],
-        busybox,
-    )  # fmt: skip
+    archive = write_pod_images(work / "images.tar", ImageSpec(IMAGE, cmd=["sh"]), PAUSE_IMAGE)
     log = work / "gpuhook.log"
     config = device_probe.write_fake_node_config(work / "gpuhook.toml", log, mode=mode)
     cd = Containerd(work / "cd", sandbox_image=PAUSE_IMAGE, env={"GPUHOOK_CONFIG": str(config)})
@@ -295,15 +282,8 @@ def pod(node: Node) -> Iterator[Pod]:
     config = cri.sandbox_config(
         name=name, uid=name, log_dir=log_dir, cgroup_parent=f"/{POD_CGROUP}", privileged=True
     )
-    pod_id = cri.run_pod_sandbox(config, runtime_handler=RUNTIME_NAME)
-    try:
+    with running_pod(cri, config, RUNTIME_NAME) as pod_id:
         yield Pod(cri=cri, pod_id=pod_id, sandbox_config=config, log_dir=log_dir)
-    finally:
-        try:
-            cri.stop_pod_sandbox(pod_id)
-            cri.remove_pod_sandbox(pod_id)
-        finally:
-            cri.close()
 
 
 def _cri_run(pod: Pod, name: str, case: Case, script: str) -> tuple[str, str]:

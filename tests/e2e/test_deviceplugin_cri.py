@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -28,10 +27,10 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import device_probe
-from tests.e2e.containerd_harness import MINIMAL_PATH, Containerd, remove_cgroups
-from tests.e2e.cri.client import CriClient, read_cri_log
+from tests.e2e.containerd_harness import MINIMAL_PATH, Containerd, cri_missing, remove_cgroups
+from tests.e2e.cri.client import CriClient, read_cri_log, running_pod
 from tests.e2e.device_probe import CONTROL, GPU2, MIG_1_0, NOTHING, NUMBERS, PRIVILEGED_ALL, Expect
-from tests.e2e.oci_image import PAUSE_SCRIPT, ImageSpec, find_busybox, write_oci_archive
+from tests.e2e.oci_image import ImageSpec, write_pod_images
 from tests.kubelet_merge import (
     CUDA_IMAGE_ENV,
     containerd16_mount,
@@ -54,23 +53,12 @@ ROOT = "/var/run/nvidia-container-devices"
 
 
 def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (containerd, runc, cgroups)"
-    for tool in ("containerd", "ctr", "containerd-shim-runc-v2", "runc"):
-        if shutil.which(tool, path=MINIMAL_PATH) is None:
-            return f"{tool} not installed (apt: containerd, runc)"
-    if find_busybox() is None:
-        return "busybox not installed (apt: busybox-static)"
     if not GPUHOOK_RUNTIME.exists():
         return f"{GPUHOOK_RUNTIME} missing: pip install -e . in the venv"
-    try:
-        import grpc_tools  # noqa: F401
-    except ImportError:
-        return "grpcio-tools missing (pyproject test extra)"
     return None
 
 
-_why = _missing()
+_why = cri_missing() or _missing()
 if _why:
     pytestmark.append(pytest.mark.skip(reason=_why))
 
@@ -90,14 +78,9 @@ def pod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pod]:
     """One private containerd (gpuhook installed as `nvidia`, then restarted, as an operator
     does) with a CUDA-like image and one privileged pod sandbox run with that handler."""
     work = tmp_path_factory.mktemp("containerd-deviceplugin")
-    busybox = find_busybox()
-    assert busybox is not None
-    archive = write_oci_archive(
-        work / "images.tar",
-        [ImageSpec(CUDA_IMAGE, cmd=["sh"], env=list(CUDA_IMAGE_ENV)),
-         ImageSpec(PAUSE_IMAGE, entrypoint=["/bin/sh", "-c", PAUSE_SCRIPT])],
-        busybox,
-    )  # fmt: skip
+    archive = write_pod_images(
+        work / "images.tar", ImageSpec(CUDA_IMAGE, cmd=["sh"], env=list(CUDA_IMAGE_ENV)),
+        PAUSE_IMAGE)
     log = work / "gpuhook.log"
     config = device_probe.write_fake_node_config(work / "gpuhook.toml", log, mode="spec")
     cd = Containerd(work / "cd", sandbox_image=PAUSE_IMAGE, env={"GPUHOOK_CONFIG": str(config)})
@@ -126,15 +109,8 @@ def _run_pod(cd: Containerd, work: Path, log: Path) -> Iterator[Pod]:
     name = f"dp-{os.getpid()}"
     config = cri.sandbox_config(name=name, uid=name, log_dir=log_dir,
                                 cgroup_parent=f"/{POD_CGROUP}", privileged=True)
-    pod_id = cri.run_pod_sandbox(config, runtime_handler=RUNTIME_NAME)
-    try:
+    with running_pod(cri, config, RUNTIME_NAME) as pod_id:
         yield Pod(cd, cri, pod_id, config, log_dir, log)
-    finally:
-        try:
-            cri.stop_pod_sandbox(pod_id)
-            cri.remove_pod_sandbox(pod_id)
-        finally:
-            cri.close()
 
 
 def _create(pod: Pod, name: str, fixtures: tuple[str, ...], pod_env: tuple[tuple[str, str], ...],

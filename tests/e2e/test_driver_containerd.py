@@ -16,10 +16,10 @@ import pytest
 
 from tests.e2e import glibc_rootfs
 from tests.e2e.containerd_harness import Containerd, remove_cgroups
-from tests.e2e.cri.client import CriClient
+from tests.e2e.cri.client import CriClient, running_pod
 from tests.e2e.device_probe import DEVICE_DIR
 from tests.e2e.driver_env import file_hash, tree_hash, write_config
-from tests.e2e.oci_image import PAUSE_SCRIPT, ImageSpec, find_busybox, write_oci_archive
+from tests.e2e.oci_image import find_busybox, pause_image, write_oci_archive
 from tests.e2e.test_containerd import (
     PAUSE_IMAGE,
     RUNTIME_NAME,
@@ -56,8 +56,7 @@ def driver_pod(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     work = tmp_path_factory.mktemp(f"containerd-driver-{mode}")
     busybox = find_busybox()
     assert busybox is not None
-    pause = write_oci_archive(work / "pause.tar", [ImageSpec(
-        PAUSE_IMAGE, entrypoint=["/bin/sh", "-c", PAUSE_SCRIPT])], busybox)
+    pause = write_oci_archive(work / "pause.tar", [pause_image(PAUSE_IMAGE)], busybox)
     image = glibc_rootfs.write_image_archive(work / "glibc.tar", IMAGE, glibc_image)
     host = fakedriver.make_fake_host(driver_build, work / "host")
     config = write_config(work / "gpuhook.toml", host.inventory, host.root,
@@ -77,15 +76,8 @@ def driver_pod(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
             name = unique("driver-pod")
             sandbox = cri.sandbox_config(name=name, uid=name, log_dir=log_dir,
                                          cgroup_parent=f"/{POD_CGROUP}", privileged=True)
-            pod_id = cri.run_pod_sandbox(sandbox, runtime_handler=RUNTIME_NAME)
-            try:
+            with running_pod(cri, sandbox, RUNTIME_NAME) as pod_id:
                 yield DriverPod(cri, pod_id, sandbox, log_dir, host)
-            finally:
-                try:
-                    cri.stop_pod_sandbox(pod_id)
-                    cri.remove_pod_sandbox(pod_id)
-                finally:
-                    cri.close()
     finally:
         assert not remove_cgroups(POD_CGROUP)
 

@@ -3,8 +3,10 @@ volumes, env, command and securityContext as rendered from deploy/kubernetes (tr
 tests/e2e/kubelet.py, never written here), against a sandbox node whose real containerd runs off
 that root's config (tests/e2e/node_harness.py):
 
+- the readiness probe's command (`gpuhook doctor` reading the host's registration through
+  /host), run in a container of the same pod spec, fails before the install and changes nothing;
 - it installs (unprivileged: cap-drop ALL + SYS_CHROOT, no-new-privileges, read-only root),
-  restarts containerd once, and the readiness probe's command passes;
+  restarts containerd once, and the readiness probe's command passes in its container;
 - a pod through the `nvidia` handler gets exactly its GPU (fake inventory) from the bundle the
   image copied to the host;
 - SIGKILL undoes nothing; the next start changes no byte and restarts nothing;
@@ -38,7 +40,7 @@ from tests.e2e.node_harness import (
     nvidia_handler_error,
     tree,
 )
-from tests.e2e.oci_image import PAUSE_SCRIPT, ImageSpec, find_busybox, write_oci_archive
+from tests.e2e.oci_image import ImageSpec, find_busybox, write_pod_images
 from tests.kube_manifests import KUBECTL, ROOT, container, find, render
 
 pytestmark: list[pytest.MarkDecorator] = [pytest.mark.e2e]
@@ -49,6 +51,9 @@ POD_CGROUP = f"gpuhook-e2e-image-{os.getpid()}"
 PODMAN_CGROUP = f"gpuhook-e2e-image-podman-{os.getpid()}"
 NAME = "gpuhook-node-e2e"
 DROP_IN = "etc/containerd/conf.d/99-gpuhook.toml"
+# The ulimits as tests/e2e/test_podman.py sets them: podman's defaults exceed this machine's hard
+# limits, which a container without CAP_SYS_RESOURCE cannot raise.
+ULIMITS = ("--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768")
 
 
 def _missing() -> str | None:
@@ -80,6 +85,7 @@ class Rig:
     original: bytes
     ds: dict[str, Any]
     run_args: list[str]
+    probe_args: list[str]  # the same pod spec with the readiness probe's command
 
     def podman(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         flags = ["--root", str(self.work / "storage"), "--runroot", str(self.work / "run"),
@@ -91,10 +97,7 @@ class Rig:
 
     def start(self) -> None:
         self.podman("rm", "--force", NAME)
-        # The ulimits as tests/e2e/test_podman.py sets them: podman's defaults exceed this
-        # machine's hard limits, which a container without CAP_SYS_RESOURCE cannot raise.
-        res = self.podman("run", "--detach", "--name", NAME,
-                          "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768",
+        res = self.podman("run", "--detach", "--name", NAME, *ULIMITS,
                           "--cgroup-parent", f"/{PODMAN_CGROUP}", *self.run_args)
         assert res.returncode == 0, res.stderr
 
@@ -140,19 +143,16 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     cm_dir.mkdir()
     fake = device_probe.write_fake_node_config(work / "fake.toml", work / "gpuhook.log")
     (cm_dir / "config.toml").write_text(fake.read_text() + cm["data"]["config.toml"])
-    busybox = find_busybox()
-    assert busybox is not None
-    archive = write_oci_archive(
-        work / "images.tar",
-        [ImageSpec(BUSYBOX_IMAGE, cmd=["sh"]),
-         ImageSpec(PAUSE_IMAGE, entrypoint=["/bin/sh", "-c", PAUSE_SCRIPT])],
-        busybox,
-    )  # fmt: skip
+    archive = write_pod_images(work / "images.tar", ImageSpec(BUSYBOX_IMAGE, cmd=["sh"]),
+                               PAUSE_IMAGE)
     node = SandboxNode(work / "host", sandbox_image=PAUSE_IMAGE)
-    run_args = kubelet.podman_args(ds["spec"]["template"]["spec"], container(ds),
-                                   host_root=str(node.root),
-                                   config_maps={cm["metadata"]["name"]: str(cm_dir)})
-    r = Rig(node=node, work=work, original=node.config.read_bytes(), ds=ds, run_args=run_args)
+    ctr = container(ds)
+    run_args, probe_args = (
+        kubelet.podman_args(ds["spec"]["template"]["spec"], c, host_root=str(node.root),
+                            config_maps={cm["metadata"]["name"]: str(cm_dir)})
+        for c in (ctr, {**ctr, "command": ctr["readinessProbe"]["exec"]["command"]}))
+    r = Rig(node=node, work=work, original=node.config.read_bytes(), ds=ds, run_args=run_args,
+            probe_args=probe_args)
     try:
         loaded = r.podman("load", "--input", str(docker_archive), timeout=600)
         assert loaded.returncode == 0, loaded.stderr
@@ -165,6 +165,17 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         unmount_under(work)
         left = [*remove_cgroups(POD_CGROUP), *remove_cgroups(PODMAN_CGROUP)]
         assert not left, f"cgroups still busy: {left}"
+
+
+def test_the_readiness_probe_fails_before_the_install_and_changes_nothing(rig: Rig) -> None:
+    before = tree(rig.node.root)
+    res = rig.podman("run", "--rm", *ULIMITS, "--cgroup-parent", f"/{PODMAN_CGROUP}",
+                     *rig.probe_args)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "WARN  containerd: gpuhook is not registered in /etc/containerd/config.toml" \
+        in res.stdout, res.stdout + res.stderr
+    assert tree(rig.node.root) == before
+    assert rig.node.starts == 1
 
 
 def test_the_daemonsets_container_installs_unprivileged_and_restarts_containerd_once(
@@ -183,7 +194,10 @@ def test_the_readiness_probe_passes_in_the_container(rig: Rig) -> None:
     probe = container(rig.ds)["readinessProbe"]["exec"]["command"]
     res = rig.podman("exec", NAME, *probe)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "ready" in res.stdout
+    # read through /host: the drop-in node install wrote, a host path, and its bundle
+    assert ("OK    containerd: runtime 'nvidia' in /etc/containerd/conf.d/99-gpuhook.toml runs "
+            "gpuhook-runtime") in res.stdout, res.stdout
+    assert "ok: 0 failed, 0 warnings" in res.stdout, res.stdout
 
 
 def test_a_pod_through_the_nvidia_handler_gets_its_gpu_from_the_images_bundle(

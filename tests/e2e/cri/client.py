@@ -3,8 +3,9 @@ the host network namespace and one container in it, the way the kubelet would.""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -172,6 +173,21 @@ class CriClient:
             stdout=resp.stdout.decode(errors="replace"),
             stderr=resp.stderr.decode(errors="replace"),
         )
+
+
+@contextlib.contextmanager
+def running_pod(cri: CriClient, config: Any, runtime_handler: str) -> Iterator[str]:
+    """A pod sandbox for the block (its id), stopped and removed after it as the kubelet does;
+    then the client is closed, also when that fails or the sandbox did not start."""
+    try:
+        pod_id = cri.run_pod_sandbox(config, runtime_handler=runtime_handler)
+        try:
+            yield pod_id
+        finally:
+            cri.stop_pod_sandbox(pod_id)
+            cri.remove_pod_sandbox(pod_id)
+    finally:
+        cri.close()
 
 
 def read_cri_log(path: Path) -> str:

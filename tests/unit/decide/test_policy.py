@@ -200,3 +200,33 @@ def test_no_modeset_without_display() -> None:
 def test_no_driver_capabilities_when_nothing_granted() -> None:
     p = plan(spec(env=["NVIDIA_VISIBLE_DEVICES=all"]))
     assert p.driver_capabilities == ()
+
+
+def _userns(s: dict[str, Any]) -> dict[str, Any]:
+    s["linux"] = {"namespaces": [{"type": "user"}, {"type": "mount"}]}
+    return s
+
+
+def _no_caps(s: dict[str, Any]) -> dict[str, Any]:
+    del s["process"]["capabilities"]
+    return s
+
+
+@pytest.mark.parametrize(("privileged", "shape", "why", "not_said"), [
+    pytest.param(False, lambda s: s, "CAP_SYS_ADMIN is not in process.capabilities.bounding",
+                 "own user namespace", id="no CAP_SYS_ADMIN is said as such"),
+    pytest.param(True, _userns, "has its own user namespace", "no CAP_SYS_ADMIN",
+                 id="CAP_SYS_ADMIN in its own user namespace is said as such, not as no cap"),
+    pytest.param(False, _no_caps, "the spec grants no capabilities", "no CAP_SYS_ADMIN",
+                 id="a spec without capabilities is said as such"),
+])
+@pytest.mark.parametrize("env", ["NVIDIA_VISIBLE_DEVICES=2", "NVIDIA_IMEX_CHANNELS=0"],
+                         ids=["for the GPU env var", "for the IMEX env var"])
+def test_an_ignored_env_var_gives_the_true_reason_the_container_is_unprivileged(
+        privileged: bool, shape: Any, why: str, not_said: str, env: str) -> None:
+    p = plan(shape(spec(env=[env], privileged=privileged)))
+    assert not p.privileged and why in p.privileged_reason
+    [reason] = [i.reason for i in p.ignored if i.source == "envvar"]
+    assert f"unprivileged container ({p.privileged_reason}): the env var is not trusted" \
+        in reason
+    assert why in reason and not_said not in reason, reason

@@ -274,3 +274,22 @@ def test_bpf_check_without_a_cgroup2_fails_with_the_fix() -> None:
 def test_bpf_check_names_a_cgroup_it_cannot_make(tmp_path: Path) -> None:
     check = bpf_attach_check(str(tmp_path / "not-a-cgroup-fs" / "missing"))
     assert check.status == "fail" and "cannot make a scratch cgroup" in check.detail, check
+
+
+@pytest.mark.parametrize("pattern", [
+    pytest.param("cdi.k8s.io/*", id="the CDI prefix is named by doctor as install names it"),
+    pytest.param("*/*", id="a catch-all is named by doctor as install names it"),
+    pytest.param("*", id="a lone star passes nothing with a slash for doctor as for install"),
+])
+def test_doctor_judges_pod_annotations_as_install_does(node: Node, pattern: str) -> None:
+    """One judgement (engines/containerd.py): doctor fails exactly when install warns, with
+    install's words."""
+    from gpuhook.engines.containerd import cdi_annotation_warnings
+
+    node.containerd(pod_annotations=f'pod_annotations = ["{pattern}"]')
+    warnings = cdi_annotation_warnings(
+        (node.etc / "containerd/config.toml").read_text(), "nvidia")
+    code, report = node.doctor()
+    got, detail, _ = status(report, "containerd")
+    assert (got, code) == (("fail", 1) if warnings else ("ok", 0)), detail
+    assert all(w in detail for w in warnings), (warnings, detail)

@@ -100,7 +100,58 @@ def test_a_failed_restart_undoes_the_install(tmp_path: Path) -> None:
     assert not (root / "etc/containerd/conf.d/99-gpuhook.toml").exists()
     assert not (root / "etc/containerd/config.toml.gpuhook.bak").exists()
     left = sorted(os.listdir(root / "usr/local/gpuhook"))
-    assert left == [".lock"], left  # the failed run's lock file stays
+    assert left == [], left  # the lock file too: it goes with the instance that held it
+
+
+def _host_with_containerd(tmp_path: Path, config: bytes = MAIN) -> Path:
+    root = tmp_path / "host"
+    (root / "etc/containerd").mkdir(parents=True)
+    (root / "etc/containerd/config.toml").write_bytes(config)
+    return root
+
+
+def _install(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(GPUHOOK), "node", *args, "--host-root", str(root)],
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the engine step chroots into the host root")
+@pytest.mark.parametrize(("config", "args", "code", "says"), [
+    (MAIN, ("install", "--no-wait", "--restart", "none"), 0, "installed"),
+    (MAIN, ("install", "--no-wait", "--timeout", "1"), 1, "undone what it had done"),
+    (b"version = = 2\n", ("install", "--no-wait", "--restart", "none"), 1,
+     "engine: containerd in"),
+    (MAIN, ("uninstall", "--restart", "none"), 0, "uninstalled"),
+], ids=["an install that succeeded leaves no lock file",
+        "an install whose restart failed leaves no lock file",
+        "an install whose engine step failed leaves no lock file",
+        "an uninstall leaves no lock file"])
+def test_no_exit_path_leaves_the_lock_file(tmp_path: Path, config: bytes,
+                                          args: tuple[str, ...], code: int, says: str) -> None:
+    root = _host_with_containerd(tmp_path, config)
+    res = _install(root, *args)
+    assert res.returncode == code, res.stdout + res.stderr
+    assert says in res.stdout + res.stderr
+    lock = root / "usr/local/gpuhook/.lock"
+    assert not lock.exists(), res.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the engine step chroots into the host root")
+def test_an_instance_refused_by_the_lock_leaves_the_holders_lock_file(tmp_path: Path) -> None:
+    import fcntl
+
+    root = _host_with_containerd(tmp_path)
+    lock = root / "usr/local/gpuhook/.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("4242\n")
+    with open(lock, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        inode = os.fstat(held.fileno()).st_ino
+        res = _install(root, "install", "--no-wait", "--restart", "none")
+        assert res.returncode == 1, res.stdout
+        assert "holds /usr/local/gpuhook/.lock (pid 4242 in its pid namespace)" in res.stderr
+        assert os.stat(lock).st_ino == inode and lock.read_text() == "4242\n"
+    assert (root / "etc/containerd/config.toml").read_bytes() == MAIN
 
 
 def test_crio_gets_a_drop_in_naming_the_host_runtime_path(tmp_path: Path) -> None:

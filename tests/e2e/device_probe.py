@@ -210,10 +210,13 @@ CASES = [
 
 def write_fake_node_config(path: Path, log: Path, mode: str | None = None) -> Path:
     """A gpuhook config pointing at the shipped fake 8x A100 node, logging to `log`; `mode` is
-    the shim's (`spec` or `hook`), default when None."""
+    the shim's (`spec` or `hook`), default when None. The inventory snapshot (and what is
+    recorded beside it, such as the CDI specs written) lives beside the config, never in the
+    machine's /run/gpuhook."""
     path.write_text(
         f'inventory = "{INVENTORIES / "8xa100-mig.yaml"}"\n'
         f'host-root = "{HOSTS / "8xa100-mig"}"\n'
+        f'inventory-cache = "{path.parent / "run" / "inventory.json"}"\n'
         f'log-file = "{log}"\ndriver-files = false\n' + (f'mode = "{mode}"\n' if mode else "")
     )
     return path

@@ -708,6 +708,15 @@ MEASUREMENTS: dict[str, Callable[[Bench], Result | list[Result]]] = {
 }
 
 
+def _forget_config_cache(work: Path) -> None:
+    """The config cache entries (gpuhook/config_cache.py) of this run's configs."""
+    from gpuhook import config_cache
+
+    for cfg in work.glob("*.toml"):
+        entry = Path(config_cache.CACHE_DIR) / config_cache.entry_name(cfg.stat())
+        entry.unlink(missing_ok=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench/run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -748,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for cid in bench.runc.leftovers():
             bench.runc.delete(cid)
+        _forget_config_cache(work)
         shutil.rmtree(work, ignore_errors=True)
     results["seconds"] = round(time.monotonic() - t_start, 1)
     print("== summary: every target")

@@ -152,6 +152,13 @@ def _imports(argv: list[str], stdin: bytes | None) -> dict[str, tuple[int, int, 
     return _imports_with(PYTHON, argv, stdin)
 
 
+def launcher_flags(launcher: Path) -> list[str]:
+    """The interpreter flags on a launcher's #! line (-IS): `python -X importtime LAUNCHER`
+    would run it without them, i.e. with site, which the real start does not run."""
+    with launcher.open("rb") as f:
+        return f.readline().decode()[2:].split()[1:]
+
+
 def _imports_with(python: Path, argv: list[str], stdin: bytes | None,
                   ) -> dict[str, tuple[int, int, int]]:
     """module -> (self us, cumulative us, depth) from `python -X importtime` (median of 5)."""
@@ -177,7 +184,7 @@ def importtime(b: Bench) -> Result:
     argv_tail = ["hook", "prestart", "--config", str(cfg)]
     state = state_json(bundle)
     base = _imports(["-c", "pass"], None)
-    hook = _imports([str(GPUHOOK), *argv_tail], state)
+    hook = _imports([*launcher_flags(GPUHOOK), str(GPUHOOK), *argv_tail], state)
     extra = {k: v for k, v in hook.items() if k not in base}
     r.figures["modules imported by python -c pass"] = len(base)
     r.figures["modules imported by the hook"] = len(hook)
@@ -224,7 +231,8 @@ def _gpu_path_imports(b: Bench, bundle: Path, config: Path) -> dict[str, object]
     """`python -X importtime` of one hook run that applies the 8-GPU plan: what limits P2."""
     cid, pid = _created(b, bundle)
     try:
-        err = subprocess.run([str(PYTHON), "-X", "importtime", str(GPUHOOK), "hook", "prestart",
+        err = subprocess.run([str(PYTHON), *launcher_flags(GPUHOOK), "-X", "importtime",
+                              str(GPUHOOK), "hook", "prestart",
                               "--config", str(config)], input=state_json(bundle, pid, cid),
                              capture_output=True, env=MINIMAL_ENV, check=False).stderr.decode()
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import statistics
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,29 @@ def interleave(series: Sequence[Series], reps: int, warmup: int = 3) -> None:
                 s.samples_ns.append(elapsed)
 
 
+GNU_TIME = "/usr/bin/time"
+
+
+def rss_run(argv: Sequence[str], stdin: bytes | None = None,
+            env: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """Run `argv` (stdout discarded) and return (elapsed ns, its peak RSS in KiB).
+
+    The peak is the child's ru_maxrss from wait4, taken by GNU time (Debian's `time`), a 1 MB C
+    program, rather than by this process: the kernel keeps the largest RSS a process had across
+    its exec, and a child forked (or vforked) from this 25 MB interpreter starts with this
+    interpreter's pages counted, so os.wait4 here would report our size, not the child's."""
+    with tempfile.NamedTemporaryFile() as out:
+        t0 = time.perf_counter_ns()
+        proc = subprocess.run([GNU_TIME, "-f", "%M", "-o", out.name, *argv], input=stdin,
+                              env=env, check=False, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+        elapsed = time.perf_counter_ns() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: "
+                               f"{proc.stderr.decode(errors='replace').strip()[-500:]}")
+        return elapsed, int(out.read().split()[-1])
+
+
 def timed_run(argv: Sequence[str], stdin: bytes | None = None, env: Mapping[str, str] | None = None,
               cwd: str | None = None, expect_rc: int | None = 0) -> Step:
     """A step that runs `argv` (stdout/stderr discarded) and times it from fork to reap."""
@@ -77,11 +101,20 @@ class Result:
     met: bool | None = None
     skipped: str = ""  # why it did not run
     notes: list[str] = field(default_factory=list)
+    # One line per target of the measurement: (name, target, the figure it is judged on, met).
+    checks: list[tuple[str, str, str, bool]] = field(default_factory=list)
+
+    def check(self, name: str, target: str, figure: str, met: bool) -> None:
+        """Record one target's verdict; the result is met when every check is."""
+        self.checks.append((name, target, figure, met))
+        self.met = all(c[3] for c in self.checks)
 
     def to_json(self) -> dict[str, Any]:
         return {"title": self.title, "series": self.series, "figures": self.figures,
                 "target": self.target, "met": self.met, "skipped": self.skipped,
-                "notes": self.notes}
+                "notes": self.notes,
+                "checks": [{"name": n, "target": t, "figure": f, "met": m}
+                           for n, t, f, m in self.checks]}
 
 
 def ratio(a: Mapping[str, float], b: Mapping[str, float], stat: str = "median") -> float:
@@ -105,7 +138,9 @@ def table(result: Result) -> str:
             lines.extend(f"      {item}" for item in v)
         else:
             lines.append(f"   {k}: {v:.3f}" if isinstance(v, float) else f"   {k}: {v}")
-    if result.target:
+    for name, target, figure, met in result.checks:
+        lines.append(f"   target {name}: {target}: {figure} -> {'met' if met else 'NOT MET'}")
+    if result.target and not result.checks:
         verdict = {True: "MET", False: "NOT MET", None: "n/a"}[result.met]
         lines.append(f"   target: {result.target} -> {verdict}")
     lines.extend(f"   note: {n}" for n in result.notes)

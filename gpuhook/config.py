@@ -72,15 +72,41 @@ def load_config_lenient(explicit: str | None = None, environ: Mapping[str, str] 
     path = find_config_path(explicit, os.environ if environ is None else environ)
     if path is None:
         return Config(), []
-    from gpuhook.files import read_regular
+    from gpuhook import config_cache
+    from gpuhook.files import read_regular_stat
     from gpuhook.limits import MAX_CONFIG_BYTES
     try:
-        data = read_regular(path, MAX_CONFIG_BYTES)
+        data, st = read_regular_stat(path, MAX_CONFIG_BYTES)
     except OSError as e:
         return Config(source=path), [f"config {path}: {e.strerror}"]
     if len(data) > MAX_CONFIG_BYTES:
         return Config(source=path), [f"config {path}: larger than {MAX_CONFIG_BYTES} bytes"]
-    return parse_config_lenient(data, path)
+    hit = config_cache.lookup(path, data, st)
+    cached = _from_cache(*hit) if hit is not None else None
+    if cached is not None:
+        return cached
+    config, problems = parse_config_lenient(data, path)
+    config_cache.store(path, data, st, config._asdict(), problems)
+    return config, problems
+
+
+def _from_cache(values: dict[str, object], problems: list[str],
+                ) -> tuple[Config, list[str]] | None:
+    """The Config of a cache entry (config_cache.py) if every field has its type; else None."""
+    if set(values) != set(Config._fields):
+        return None
+    fields: dict[str, Any] = {}
+    for name, value in values.items():
+        default = Config._field_defaults.get(name, "")
+        if isinstance(default, tuple):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                return None
+            fields[name] = tuple(value)
+        elif type(value) is not type(default):
+            return None
+        else:
+            fields[name] = value
+    return Config(**fields), list(problems)
 
 
 def parse_config(data: bytes, origin: str) -> Config:

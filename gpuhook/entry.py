@@ -1,15 +1,40 @@
 """Console-script entry points. `gpuhook hook prestart` is dispatched before click is imported:
-it runs on every container start on a node, GPU or not."""
+it runs on every container start on a node, GPU or not.
+
+The launchers (bin/, packaging/deb/bin/) start the interpreter with -I -S: no site module at
+start, which is ~2.7 ms of every runtime call, paid whether or not anything needs it. They put
+gpuhook's own directories on sys.path and pass `lazy_site=True`; `leave_fast_path()` then runs
+site where a command leaves its fast path (the CLI, a container that may ask for something), so
+the full path sees the sys.path it always had. A launcher started without site for isolation
+(the node installer's bundle) passes nothing, and site never runs.
+"""
 
 import sys
 
+_deferred_site: list[bool] = []  # [True] while the launcher's deferred site has not run
 
-def main() -> None:
+
+def leave_fast_path() -> None:
+    """Run the site module now if the launcher deferred it (see above); once."""
+    if _deferred_site:
+        _deferred_site.clear()
+        import site
+
+        site.main()
+
+
+def _defer_site(lazy_site: bool) -> None:
+    _deferred_site[:] = [True] if lazy_site and sys.flags.no_site else []
+
+
+def main(lazy_site: bool = False) -> None:
+    _defer_site(lazy_site)
     argv = sys.argv[1:]
     if argv[:2] == ["hook", "prestart"] and not {"-h", "--help"} & set(argv[2:]):
         from gpuhook.runtime.hook import prestart_main
 
         sys.exit(prestart_main(argv[2:]))
+    leave_fast_path()
     if argv[:2] == ["hook", "create-container"] and not {"-h", "--help"} & set(argv[2:]):
         from gpuhook.runtime.create_container import main as create_container_main
 
@@ -19,7 +44,8 @@ def main() -> None:
     cli(prog_name="gpuhook")
 
 
-def runtime_main() -> None:
+def runtime_main(lazy_site: bool = False) -> None:
+    _defer_site(lazy_site)
     from gpuhook.runtime.shim import main as shim_main
 
     sys.exit(shim_main(sys.argv))

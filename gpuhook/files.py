@@ -21,8 +21,14 @@ def read_regular(path: str, limit: int) -> bytes:
     a regular file: a FIFO would block the open or the read forever, a device could feed bytes
     without end. The open never blocks (O_NONBLOCK), and a path Python cannot pass to the
     kernel (a NUL, a lone surrogate) is an OSError here too, so callers catch one thing."""
+    return read_regular_stat(path, limit)[0]
+
+
+def read_regular_stat(path: str, limit: int) -> "tuple[bytes, os.stat_result]":
+    """read_regular, and the fstat of the file it read (its identity: the config cache)."""
     fd = open_regular(path)
     try:
+        st = os.fstat(fd)
         chunks = []
         total = 0
         while total <= limit:
@@ -31,6 +37,6 @@ def read_regular(path: str, limit: int) -> bytes:
                 break
             chunks.append(chunk)
             total += len(chunk)
-        return b"".join(chunks)
+        return b"".join(chunks), st
     finally:
         os.close(fd)

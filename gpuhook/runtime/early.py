@@ -10,8 +10,9 @@ key, a multi-line string, an escape, a key given twice, another value form).
 
 A config that does not load (a typo elsewhere, an unknown key) still gives these two keys where
 they are valid: a broken config never changes which runtime a command reaches, and never stops
-a container that asks for nothing. The compiled config cache (a later change) replaces the body
-of `early_config`; its callers need only `roots`, `runtimes` and `path`.
+a container that asks for nothing. The compiled config cache (gpuhook/config_cache.py) serves
+the full load (config.load_config_lenient), where tomllib would otherwise run; this reader
+already needs neither, so it reads the file itself.
 """
 
 import os

@@ -12,7 +12,6 @@ from dataclasses import replace
 from gpuhook.config import Config
 from gpuhook.decide.cdi_request import cdi_requests
 from gpuhook.decide.dev_mounts import node_mount_conflicts
-from gpuhook.decide.extras import ExtraFacts, extend_plan, extras_wanted
 from gpuhook.decide.facts import Capability, DriverFacts, HostInfo
 from gpuhook.decide.plan import Plan, build_plan, needed_capabilities, needs_host
 from gpuhook.decide.policy import decide
@@ -35,6 +34,10 @@ def plan_for_spec(spec: SpecView, config: Config) -> Plan:
                                config.accept_nvidia_visible_devices_as_volume_mounts)
     plan = gpu_plan(spec, config)
     if asked.anything or asked.ignored or asked.notes:
+        # Only here: the extras' models are three more dataclasses to create at import, which
+        # a plain GPU start (the 8-GPU hook, bench/run P2) does not need.
+        from gpuhook.decide.extras import ExtraFacts, extend_plan, extras_wanted
+
         wanted = extras_wanted(plan, asked, config)
         facts = ExtraFacts()
         if wanted.host_facts_needed:

@@ -9,17 +9,21 @@ nothing heavy on the passthrough path: it runs for every runc call on a node.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 
 # No `typing`, `json`, `dataclasses` or `contextlib` at import: this module runs for every runc
 # command containerd issues (create, start, state, kill, delete, ...). mypy sees the names.
+# Nor `signal`: its enum classes cost ~4 ms (enum, functools, collections); `_signal`, the C
+# module it wraps, has the same functions and constants as plain ints.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal as _signal
     from typing import Any
 
     from gpuhook.config import Config
+else:
+    import _signal
 
 PROG = "gpuhook-runtime"
 # Set in the real runtime's environment. Seeing it on entry means the "real" runtime was us.
@@ -188,8 +192,8 @@ def exec_runtime(runtime: str, argv: list[str]) -> None:
     env[MARKER] = "1"
     # Python ignores SIGPIPE and SIGXFSZ; an ignored disposition survives exec. Give the real
     # runtime what its caller gave us.
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(sig, signal.SIG_DFL)
+    for sig in (_signal.SIGPIPE, _signal.SIGXFSZ):
+        _signal.signal(sig, _signal.SIG_DFL)
     for stream in (sys.stdout, sys.stderr):
         # try/except, not contextlib.suppress: no contextlib import on this path.
         try:  # noqa: SIM105
@@ -431,6 +435,9 @@ def _run(argv: list[str], inv: Invocation) -> int:
         record["bundle"] = bundle
         path, raw = read_spec(bundle)
         if might_request(raw, early.roots):
+            from gpuhook.entry import leave_fast_path
+
+            leave_fast_path()
             from gpuhook.config import load_config_lenient
 
             config, problems = load_config_lenient()
@@ -444,6 +451,9 @@ def _run(argv: list[str], inv: Invocation) -> int:
         record.update(decision="refused", error=str(e))
         if log_file is None:
             from gpuhook.config import load_config_lenient
+            from gpuhook.entry import leave_fast_path
+
+            leave_fast_path()
 
             log_file = load_config_lenient()[0].log_file
         if isinstance(e, ShimError):

@@ -243,8 +243,7 @@ def test_the_common_paths_parse_no_toml(world: World, args: list[str]) -> None:
     from tests.unit.runtime.test_shim_exec import imported_modules
 
     b = world.bundle(specs.spec())
-    result = world.shim(*[a.format(b=b) for a in args],
-                        env=world.env(PYTHONPROFILEIMPORTTIME="1"))
+    result = world.shim(*[a.format(b=b) for a in args], importtime=True)
     assert result.returncode == 7
     modules = imported_modules(result.stderr)
     assert "gpuhook.runtime.early" in modules

@@ -46,9 +46,14 @@ class World:
                 **extra}
 
     def shim(self, *args: str, cwd: Path | None = None, stdin: str = "",
-             env: dict[str, str] | None = None, exe: Path = SHIM,
+             env: dict[str, str] | None = None, exe: Path = SHIM, importtime: bool = False,
              ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(exe), *args], cwd=cwd or self.root, input=stdin, text=True,
+        argv = [str(exe), *args]
+        if importtime:
+            # The launcher's -I ignores PYTHONPROFILEIMPORTTIME: its own first line (interpreter
+            # and flags, as the kernel runs it) with -X importtime.
+            argv = [*interpreter_line(exe), "-X", "importtime", *argv]
+        return subprocess.run(argv, cwd=cwd or self.root, input=stdin, text=True,
                               capture_output=True, env=env or self.env(), timeout=60,
                               check=False)
 
@@ -333,6 +338,14 @@ def test_bad_bundles_fail_create(world: World, content: str | None, exit_code: i
 
 # ---- cost -------------------------------------------------------------------------------------
 
+def interpreter_line(launcher: Path) -> list[str]:
+    """The interpreter and its flags from a launcher's `#!` line."""
+    with launcher.open("rb") as f:
+        first = f.readline().decode()
+    assert first.startswith("#!"), first
+    return first[2:].split()
+
+
 def imported_modules(stderr: str) -> set[str]:
     """Module names from `python -X importtime` lines ("import time: self | cumulative | name")."""
     return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines()
@@ -344,7 +357,7 @@ def imported_modules(stderr: str) -> set[str]:
 def test_the_common_paths_import_no_click_yaml_or_nvml(world: World, args: list[str]) -> None:
     b = world.bundle(specs.spec())
     result = world.shim(*[a.format(b=b) for a in args],
-                        env=world.env(PYTHONPROFILEIMPORTTIME="1"))
+                        importtime=True)
     assert result.returncode == 7
     modules = imported_modules(result.stderr)
     assert "gpuhook.runtime.shim" in modules

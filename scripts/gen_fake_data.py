@@ -37,6 +37,13 @@ Block devices:
 GIS_PER_GPU = 15
 CIS_PER_GI = 8
 BUSES = ["07", "0f", "47", "4e", "87", "90", "b7", "bd"]
+# arch: the compute capability (A100 8.0, T4 7.5: CUDA C Programming Guide, "Compute
+# Capabilities"). brand: libnvidia-container's name for nvmlDeviceGetBrand's answer. On current
+# drivers both GPUs report NVML_BRAND_NVIDIA (`nvidia-smi -q` "Product Brand : NVIDIA": an
+# A100-SXM4-80GB on 525.60.13, a Tesla T4 on 530.30.02 and 535.183.01, as posted in public
+# logs), which libnvidia-container (src/driver.c driver_get_device_brand_1_svc) calls "Unknown";
+# "Tesla" was what drivers before that brand reported for these boards.
+A100_ARCH, T4_ARCH, BRAND = "8.0", "7.5", "Unknown"
 
 
 def stable_uuid(prefix: str, *key: object) -> str:
@@ -88,6 +95,7 @@ def inventory_yaml(base: Path, name: str, gpus: list[dict[str, Any]], comment: s
     for g in gpus:
         out += [f"  - index: {g['index']}", f"    minor: {g['minor']}", f"    uuid: {g['uuid']}",
                 f"    pci_bus_id: \"{g['pci_bus_id']}\"", f"    name: {g['name']}",
+                f"    arch: \"{g['arch']}\"", f"    brand: {g['brand']}",
                 f"    mig_enabled: {'true' if g['mig_devices'] else 'false'}"]
         if g["mig_devices"]:
             out.append("    mig_devices:")
@@ -99,6 +107,7 @@ def inventory_yaml(base: Path, name: str, gpus: list[dict[str, Any]], comment: s
 def a100(i: int, layout: list[tuple[int, str]]) -> dict[str, Any]:
     return {"index": i, "minor": i, "uuid": stable_uuid("GPU", "a100", i),
             "pci_bus_id": f"0000:{BUSES[i]}:00.0", "name": "NVIDIA A100-SXM4-40GB",
+            "arch": A100_ARCH, "brand": BRAND,
             "mig_devices": [{"index": j, "uuid": stable_uuid("MIG", "a100", i, gi), "gi": gi,
                              "ci": 0, "profile": profile}
                             for j, (gi, profile) in enumerate(layout)]}
@@ -113,7 +122,8 @@ def main(base: Path) -> None:
                    "(1x 3g.20gb + 2x 2g.10gb), GPU 1 in MIG mode (7x 1g.5gb)")
     host_tree(base, "8xa100-mig", mixed)
     one = [{"index": 0, "minor": 0, "uuid": stable_uuid("GPU", "t4", 0),
-            "pci_bus_id": "0000:00:1e.0", "name": "Tesla T4", "mig_devices": []}]
+            "pci_bus_id": "0000:00:1e.0", "name": "Tesla T4", "arch": T4_ARCH,
+            "brand": BRAND, "mig_devices": []}]
     inventory_yaml(base, "1gpu", one, "one Tesla T4, no MIG")
     host_tree(base, "1gpu", one)
 

@@ -20,7 +20,8 @@ _OLD_MIG = re.compile(r"MIG-(GPU-[0-9A-Fa-f-]+)/([0-9]+)/([0-9]+)", re.IGNORECAS
 # Real CUDA images carry a few dozen alternatives (about 1 KiB); the bounds leave room.
 MAX_REQUIREMENT_CHARS = 65536
 MAX_REQUIREMENT_NOTES = 16
-_CONSTRAINT = re.compile(r"(cuda|driver|arch|brand)[ \t]*(>=|<=|==|=|>|<)[ \t]*(\S+)")
+# dsl.c's operators are =, !=, <, <=, >, >=; `==` is accepted here too (it was before).
+_CONSTRAINT = re.compile(r"(cuda|driver|arch|brand)[ \t]*(>=|<=|!=|==|=|>|<)[ \t]*(\S+)")
 
 
 @dataclass(frozen=True)
@@ -148,59 +149,103 @@ def _mig_list(gpu: Gpu) -> str:
 
 
 def check_requirements(reqs: Iterable[tuple[str, str]], inv: Inventory,
-                       with_devices: bool = True) -> list[str]:
-    """Raise when a NVIDIA_REQUIRE_* expression fails. Space-separated alternatives are ORed,
-    comma-separated constraints ANDed (libnvidia-container's rule). Returns notes about
-    constraints that cannot be judged here (arch, brand). Without devices (`none`), arch and
-    brand hold, as in nvidia-container-cli (src/cli/configure.c: no visible device, "assume
-    the arch is ok"), and cuda / driver are still checked."""
+                       devices: Iterable[Resolved] = ()) -> list[str]:
+    """Raise when a NVIDIA_REQUIRE_* expression fails; return notes on what was not judged.
+
+    As nvidia-container-cli does (src/cli/configure.c configure_command and src/cli/dsl.c
+    dsl_evaluate, NVIDIA/libnvidia-container at e27a4a75805 / 5823754b857): space-separated
+    alternatives are ORed, comma-separated constraints ANDed, and every expression must hold for
+    each granted device in turn (a MIG device: its parent GPU), with `arch` and `brand` read from
+    that GPU; with no device (`none`) it is evaluated once and `arch` / `brand` hold, while
+    `cuda` and `driver` are still checked.
+
+    A GPU whose arch or brand the inventory does not know (a fake inventory without the keys):
+    an alternative that needs it is not judged (a note), neither passing nor failing. The
+    expression then holds only if another alternative does, or if no alternative fails; the
+    toolkit would take an unknown brand as holding, so gpuhook refuses at most more, never less.
+    """
+    gpus: list[Gpu | None] = []
+    for dev in devices:
+        if dev.gpu not in gpus:  # MIG devices of one GPU: judged once, as that GPU
+            gpus.append(dev.gpu)
+    if not gpus:
+        gpus = [None]
     notes: list[str] = []
     for name, expr in reqs:
         if len(expr) > MAX_REQUIREMENT_CHARS:  # before any loop over it
             raise ResolveError(f"requirement {name}: {len(expr)} characters, more than "
                                f"{MAX_REQUIREMENT_CHARS}")
-        failures: list[str] = []
         unjudged = 0
-        ok = False
-        for alternative in expr.split():
-            verdict, why = _alternative(alternative, inv, with_devices)
-            if verdict is None:
-                unjudged += 1
-                if unjudged <= MAX_REQUIREMENT_NOTES:
-                    notes.append(f"{name}: {alternative!r} not evaluated ({why})")
-            elif verdict:
-                ok = True
-                break
-            else:
-                failures.append(why)
+        for gpu in gpus:
+            unjudged += _expression(name, expr, inv, gpu, notes, unjudged)
         if unjudged > MAX_REQUIREMENT_NOTES:
             notes.append(f"{name}: {unjudged - MAX_REQUIREMENT_NOTES} more alternatives not "
                          "evaluated")
-        if not ok and failures:
-            raise ResolveError(f"requirement {name}={expr[:200]!r} not met: "
-                               + "; ".join(failures[:MAX_REQUIREMENT_NOTES]))
     return notes
 
 
-def _alternative(alternative: str, inv: Inventory, with_devices: bool
+def _expression(name: str, expr: str, inv: Inventory, gpu: Gpu | None, notes: list[str],
+                noted: int) -> int:
+    """Judge `expr` for one GPU (None: no device); raise when it fails. Appends notes (up to
+    MAX_REQUIREMENT_NOTES in all) and returns how many alternatives were not judged."""
+    failures: list[str] = []
+    unjudged = 0
+    for alternative in expr.split():
+        verdict, why = _alternative(alternative, inv, gpu)
+        if verdict is None:
+            unjudged += 1
+            if noted + unjudged <= MAX_REQUIREMENT_NOTES:
+                notes.append(f"{name}: {alternative!r} not evaluated ({why})")
+        elif verdict:
+            return unjudged
+        else:
+            failures.append(why)
+    if failures:  # each reason names the GPU where the GPU decided it
+        raise ResolveError(f"requirement {name}={expr[:200]!r} not met: "
+                           + "; ".join(failures[:MAX_REQUIREMENT_NOTES]))
+    return unjudged
+
+
+def _alternative(alternative: str, inv: Inventory, gpu: Gpu | None
                  ) -> tuple[bool | None, str]:
     """An AND group: False when any checkable constraint fails (wherever it stands), else None
-    when one cannot be judged here (arch, brand), else True."""
+    when one cannot be judged (the GPU's arch / brand is unknown), else True."""
     unjudged = ""
     for constraint in alternative.split(","):
         m = _CONSTRAINT.fullmatch(constraint.strip())
         if not m:
-            raise ResolveError(f"requirement {constraint!r}: expected e.g. cuda>=12.0")
+            raise ResolveError(f"requirement {constraint[:200]!r}: expected e.g. cuda>=12.0")
         key, op, want = m.groups()
         if key in ("arch", "brand"):
-            if not with_devices:
+            if gpu is None:  # configure.c: "No device is visible, assume the arch is ok"
                 continue
-            unjudged = unjudged or f"{key} constraints are not checked by gpuhook"
+            have = gpu.arch if key == "arch" else gpu.brand
+            if have is None:
+                unjudged = unjudged or (f"GPU {gpu.index} has no {key} in the inventory; "
+                                        "add it to the fake inventory")
+                continue
+            if key == "arch":
+                ok = _compare(_version(have, key), op, _version(want, key))
+            else:
+                ok = _same_brand(have, op, want)
+            if not ok:
+                return False, (f"{key}{op}{want[:40]} but GPU {gpu.index} ({gpu.uuid}) has "
+                               f"{key} {have}")
             continue
         have = inv.cuda_version if key == "cuda" else inv.driver_version
         if not _compare(_version(have, key), op, _version(want, key)):
             return False, f"{key}{op}{want} but the node has {key} {have}"
     return (None, unjudged) if unjudged else (True, "")
+
+
+def _same_brand(have: str, op: str, want: str) -> bool:
+    """dsl.c dsl_compare_string: `=` and `!=` only, ASCII case-insensitive (strcasecmp); any
+    other operator is an invalid expression there, so a refusal here."""
+    if op not in ("=", "!="):
+        raise ResolveError(f"requirement brand{op}{want[:40]!r}: a brand is compared with = or "
+                           "!= only")
+    same = have.encode().lower() == want.encode().lower()  # bytes.lower: ASCII only
+    return same if op == "=" else not same
 
 
 def _version(text: str, key: str) -> tuple[int, ...]:
@@ -215,4 +260,5 @@ def _compare(have: tuple[int, ...], op: str, want: tuple[int, ...]) -> bool:
     n = max(len(have), len(want))
     a = have + (0,) * (n - len(have))
     b = want + (0,) * (n - len(want))
-    return {">=": a >= b, "<=": a <= b, "==": a == b, "=": a == b, ">": a > b, "<": a < b}[op]
+    return {">=": a >= b, "<=": a <= b, "==": a == b, "=": a == b, "!=": a != b, ">": a > b,
+            "<": a < b}[op]

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from gpuhook.errors import InputError
+
+# The brand names libnvidia-container gives nvmlDeviceGetBrand's answers (src/driver.c
+# driver_get_device_brand_1_svc, NVIDIA/libnvidia-container at 947344949f26): QUADRO, TESLA,
+# NVS, GRID, GEFORCE, TITAN by name, every other value (NVIDIA, NVIDIA_RTX, QUADRO_RTX, the
+# vGPU brands, ...) "Unknown". NVIDIA_REQUIRE_* compares them case-insensitively.
+BRANDS = ("Quadro", "Tesla", "NVS", "GRID", "GeForce", "TITAN", "Unknown")
+# The compute capability as libnvidia-container prints it ("%u.%u" of
+# nvmlDeviceGetCudaComputeCapability, src/driver.c driver_get_device_arch).
+ARCH = re.compile(r"[0-9]{1,4}\.[0-9]{1,4}")
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,10 @@ class Gpu:
     name: str
     mig_enabled: bool
     mig_devices: tuple[MigDevice, ...] = ()
+    # Optional (fake inventories written before they existed): None = unknown, and an
+    # arch/brand requirement on this GPU is then not judged (decide/resolve.py).
+    arch: str | None = None  # compute capability "major.minor", e.g. "8.0" for an A100
+    brand: str | None = None  # one of BRANDS
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,10 @@ class Inventory:
                 "index": g.index, "minor": g.minor, "uuid": g.uuid,
                 "pci_bus_id": g.pci_bus_id, "name": g.name, "mig_enabled": g.mig_enabled,
             }
+            if g.arch is not None:
+                entry["arch"] = g.arch
+            if g.brand is not None:
+                entry["brand"] = g.brand
             if g.mig_enabled:
                 entry["mig_devices"] = [
                     {"index": m.index, "uuid": m.uuid, "gi": m.gi, "ci": m.ci,
@@ -98,7 +116,27 @@ def _gpu(raw: object, where: str) -> Gpu:
         name=_field(g, "name", str, where),
         mig_enabled=mig_enabled,
         mig_devices=migs,
+        arch=_arch(g, where),
+        brand=_brand(g, where),
     )
+
+
+def _arch(g: Mapping[str, object], where: str) -> str | None:
+    arch = _field(g, "arch", str, where) if "arch" in g else None
+    if arch is not None and not ARCH.fullmatch(arch):
+        raise InputError(f"{where}: arch {arch[:40]!r} must be a compute capability like "
+                         "\"8.0\"")
+    return arch
+
+
+def _brand(g: Mapping[str, object], where: str) -> str | None:
+    brand = _field(g, "brand", str, where) if "brand" in g else None
+    if brand is None:
+        return None
+    for known in BRANDS:  # as libnvidia-container spells it, whatever the case given
+        if brand.lower() == known.lower():
+            return known
+    raise InputError(f"{where}: brand {brand[:40]!r} must be one of {', '.join(BRANDS)}")
 
 
 def _mig(raw: object, where: str) -> MigDevice:

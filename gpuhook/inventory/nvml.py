@@ -11,7 +11,7 @@ from types import ModuleType
 from typing import Any
 
 from gpuhook.errors import NvmlError
-from gpuhook.inventory.model import Gpu, Inventory, MigDevice
+from gpuhook.inventory.model import ARCH, Gpu, Inventory, MigDevice
 
 # NVML return codes (nvml.h), so the mapping holds whatever the module's class names are.
 _ADVICE = {
@@ -29,6 +29,10 @@ NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_NOT_FOUND = 6
 NVML_DEVICE_MIG_ENABLE = 1
 NVML_FEATURE_ENABLED = 1
+# nvmlBrandType_t (nvml.h; nvidia-ml-py NVML_BRAND_*) -> libnvidia-container's name (src/driver.c
+# driver_get_device_brand_1_svc, NVIDIA/libnvidia-container at 947344949f26); any other value,
+# NVML_BRAND_NVIDIA (14, what A100/H100/T4 report on current drivers) included, is "Unknown".
+_BRANDS = {1: "Quadro", 2: "Tesla", 3: "NVS", 4: "GRID", 5: "GeForce", 6: "TITAN"}
 
 
 def _import() -> ModuleType:
@@ -138,7 +142,30 @@ def _gpu(api: _Nvml, index: int, h: Any) -> Gpu:
                 profile=_profile(_text(api.call("nvmlDeviceGetName", mh))),
             ))
     return Gpu(index=index, minor=minor, uuid=uuid, pci_bus_id=_pci(pci), name=name,
-               mig_enabled=mig_enabled, mig_devices=tuple(migs))
+               mig_enabled=mig_enabled, mig_devices=tuple(migs),
+               arch=_arch(api.call("nvmlDeviceGetCudaComputeCapability", h)),
+               brand=_brand(api.call("nvmlDeviceGetBrand", h)))
+
+
+# Neither call tolerates an error: nvml.h lists no NOT_SUPPORTED for them (nvmlDeviceGetBrand:
+# UNINITIALIZED, INVALID_ARGUMENT, GPU_IS_LOST, UNKNOWN; nvmlDeviceGetCudaComputeCapability:
+# UNINITIALIZED, INVALID_ARGUMENT, GPU_IS_LOST, UNKNOWN), and libnvidia-container fails its device
+# query on any error of either (src/nvc_info.c nvc_device_info_new).
+def _arch(value: object) -> str:
+    """(major, minor) from nvidia-ml-py -> "major.minor", as libnvidia-container prints it."""
+    if (not isinstance(value, tuple) or len(value) != 2
+            or not all(type(v) is int and v >= 0 for v in value)):
+        raise NvmlError(f"NVML returned compute capability {value!r}")
+    arch = f"{value[0]}.{value[1]}"
+    if not ARCH.fullmatch(arch):
+        raise NvmlError(f"NVML returned compute capability {value!r}")
+    return arch
+
+
+def _brand(value: object) -> str:
+    if type(value) is not int:
+        raise NvmlError(f"NVML returned brand {value!r}")
+    return _BRANDS.get(value, "Unknown")
 
 
 def _text(value: object) -> str:

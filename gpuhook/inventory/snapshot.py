@@ -55,7 +55,9 @@ from gpuhook.host.proc import (
 from gpuhook.inventory.driver_snapshot import driver_record, fresh_driver
 from gpuhook.inventory.model import Inventory
 
-FORMAT = "gpuhook-inventory-snapshot/1"
+# /2: GPUs carry arch and brand. A /1 snapshot (written before) is refused as "not a /2
+# document" and the backend read instead, rather than read as "arch/brand unknown".
+FORMAT = "gpuhook-inventory-snapshot/2"
 NVML = "nvml"
 VERSION_FILES = ("sys/module/nvidia/version", "proc/driver/nvidia/version")
 BOOT_ID = "proc/sys/kernel/random/boot_id"

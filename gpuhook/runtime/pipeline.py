@@ -73,11 +73,13 @@ def gpu_plan(spec: SpecView, config: Config) -> Plan:
         # noted either way.
         inv, origin, minors, snapshot_driver = load_with_driver(config)
         notes.append(origin)
-        notes.extend(check_requirements(decision.requirements, inv,
-                                        with_devices=bool(decision.device_ids)))
     if decision.device_ids:
         assert inv is not None
         devices = resolve(decision.device_ids, inv, config.allow_full_gpu_on_mig_enabled)
+    if decision.requirements:
+        assert inv is not None
+        # Per granted device (arch, brand); with none, once (cuda, driver).
+        notes.extend(check_requirements(decision.requirements, inv, devices))
     if not needs_host(decision, devices):
         return build_plan(decision, devices, None, tuple(notes))
     host = HostPaths(config.host_root)

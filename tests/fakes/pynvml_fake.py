@@ -23,6 +23,19 @@ NVML_ERROR_FUNCTION_NOT_FOUND = 13
 NVML_ERROR_GPU_IS_LOST = 15
 NVML_ERROR_UNKNOWN = 999
 
+# nvmlBrandType_t, as nvidia-ml-py defines NVML_BRAND_* (packaging/deb/vendor/pynvml.py).
+NVML_BRAND_UNKNOWN = 0
+NVML_BRAND_QUADRO = 1
+NVML_BRAND_TESLA = 2
+NVML_BRAND_NVS = 3
+NVML_BRAND_GRID = 4
+NVML_BRAND_GEFORCE = 5
+NVML_BRAND_TITAN = 6
+NVML_BRAND_NVIDIA_VWS = 10
+NVML_BRAND_QUADRO_RTX = 12
+NVML_BRAND_NVIDIA_RTX = 13
+NVML_BRAND_NVIDIA = 14  # A100, H100, T4 on current drivers (nvidia-smi -q "Product Brand")
+
 _NAMES = {
     NVML_ERROR_UNINITIALIZED: "Uninitialized",
     NVML_ERROR_NOT_SUPPORTED: "Not Supported",
@@ -87,6 +100,8 @@ class FakeGpu:
     migs: dict[int, FakeMig] = field(default_factory=dict)  # slot -> device
     max_migs: int = 7
     persistence: int | None = 1  # NVML_FEATURE_ENABLED / DISABLED; None: NOT_SUPPORTED
+    capability: tuple[int, int] = (8, 0)  # nvmlDeviceGetCudaComputeCapability (A100: 8.0)
+    brand: int = NVML_BRAND_NVIDIA  # nvmlDeviceGetBrand
 
 
 @dataclass
@@ -182,6 +197,17 @@ def module(world: World) -> types.ModuleType:
             _raise(NVML_ERROR_NOT_SUPPORTED)
         return int(mode)
 
+    def nvmlDeviceGetCudaComputeCapability(h: object) -> tuple[int, int]:
+        # nvidia-ml-py returns (c_major.value, c_minor.value): a tuple of two ints.
+        check("nvmlDeviceGetCudaComputeCapability")
+        major, minor = dev(h).capability
+        return (int(major), int(minor))
+
+    def nvmlDeviceGetBrand(h: object) -> int:
+        # nvidia-ml-py returns the _nvmlBrandType_t (c_uint) value: a plain int.
+        check("nvmlDeviceGetBrand")
+        return int(dev(h).brand)
+
     def nvmlDeviceGetMaxMigDeviceCount(h: object) -> int:
         check("nvmlDeviceGetMaxMigDeviceCount")
         return int(dev(h).max_migs)
@@ -208,7 +234,8 @@ def module(world: World) -> types.ModuleType:
                nvmlDeviceGetUUID, nvmlDeviceGetName, nvmlDeviceGetPciInfo,
                nvmlDeviceGetMinorNumber, nvmlDeviceGetMigMode, nvmlDeviceGetPersistenceMode,
                nvmlDeviceGetMaxMigDeviceCount, nvmlDeviceGetMigDeviceHandleByIndex,
-               nvmlDeviceGetGpuInstanceId, nvmlDeviceGetComputeInstanceId):
+               nvmlDeviceGetGpuInstanceId, nvmlDeviceGetComputeInstanceId,
+               nvmlDeviceGetCudaComputeCapability, nvmlDeviceGetBrand):
         setattr(mod, fn.__name__, fn)
     mod.NVMLError = NVMLError  # type: ignore[attr-defined]
     return mod

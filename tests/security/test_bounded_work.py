@@ -84,8 +84,15 @@ def test_a_requirement_with_a_million_alternatives_is_refused_before_evaluation(
 
 
 def test_unjudged_alternatives_give_at_most_sixteen_notes(tmp_path: Path) -> None:
+    # Unjudged: the GPU's arch is unknown, as in a fake inventory written before the key.
+    old = tmp_path / "inventory.yaml"
+    old.write_text("".join(line for line in e.MIG8.read_text().splitlines(keepends=True)
+                           if not line.lstrip().startswith(("arch:", "brand:"))))
+    config = e.write_config(tmp_path / "gpuhook.toml", tmp_path / "gpuhook.log",
+                            inventory=str(old))
     expr = " ".join(f"arch=sm_{i}" for i in range(5000))
-    run = dry_run(tmp_path, e.spec(env=[f"NVIDIA_REQUIRE_CUDA={expr}"], ids=("0:0",)))
+    s = e.spec(env=[f"NVIDIA_REQUIRE_CUDA={expr}"], ids=("0:0",))
+    run = e.run_process(e.dry_run_argv(e.bundle_with(tmp_path, s), config, as_json=True))
     e.assert_clean_exit(run, allowed=(0,))
     text = e.run_process(e.dry_run_argv(tmp_path / "bundle", tmp_path / "gpuhook.toml"))
     notes = [line for line in text.stdout.decode().splitlines() if "NVIDIA_REQUIRE_CUDA" in line]

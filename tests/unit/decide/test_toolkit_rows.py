@@ -465,6 +465,9 @@ def test_requirements_with_none(requirement: str, ok: bool) -> None:
     assert not [n for n in p.notes if "not evaluated" in n]
 
 
-def test_arch_with_a_gpu_is_noted_as_not_judged() -> None:
-    p = plan(spec(env=["NVIDIA_REQUIRE_X=arch>=9.0"], ids=["2"]))
-    assert any("not evaluated" in n for n in p.notes)
+def test_arch_with_a_gpu_is_judged_on_that_gpu() -> None:
+    # GPU 2 of the fake inventory is an A100: compute capability 8.0.
+    with pytest.raises(ResolveError, match=r"arch>=9.0 but GPU 2 \(GPU-[0-9a-f-]+\) has arch 8.0"):
+        plan(spec(env=["NVIDIA_REQUIRE_X=arch>=9.0"], ids=["2"]))
+    p = plan(spec(env=["NVIDIA_REQUIRE_X=arch>=8.0"], ids=["2"]))
+    assert not [n for n in p.notes if "not evaluated" in n]

@@ -108,3 +108,65 @@ def test_mig_mode_not_found_is_an_error_not_no_mig() -> None:
     world = a100_world(fail={"nvmlDeviceGetMigMode": fake.NVML_ERROR_NOT_FOUND})
     with pytest.raises(NvmlError, match="nvmlDeviceGetMigMode failed"):
         load_nvml(fake.module(world))
+
+
+@pytest.mark.parametrize(
+    ("brand", "name"),
+    [
+        pytest.param(fake.NVML_BRAND_TESLA, "Tesla", id="TESLA is Tesla"),
+        pytest.param(fake.NVML_BRAND_QUADRO, "Quadro", id="QUADRO is Quadro"),
+        pytest.param(fake.NVML_BRAND_NVS, "NVS", id="NVS is NVS"),
+        pytest.param(fake.NVML_BRAND_GRID, "GRID", id="GRID is GRID"),
+        pytest.param(fake.NVML_BRAND_GEFORCE, "GeForce", id="GEFORCE is GeForce"),
+        pytest.param(fake.NVML_BRAND_TITAN, "TITAN", id="TITAN is TITAN"),
+        pytest.param(fake.NVML_BRAND_NVIDIA, "Unknown",
+                     id="NVIDIA (A100 H100 T4 today) is Unknown as libnvidia-container says"),
+        pytest.param(fake.NVML_BRAND_QUADRO_RTX, "Unknown", id="QUADRO_RTX is Unknown"),
+        pytest.param(fake.NVML_BRAND_NVIDIA_VWS, "Unknown", id="a vGPU brand is Unknown"),
+        pytest.param(fake.NVML_BRAND_UNKNOWN, "Unknown", id="UNKNOWN is Unknown"),
+        pytest.param(99, "Unknown", id="a brand newer than gpuhook is Unknown"),
+    ],
+)
+def test_brand_is_named_as_libnvidia_container_names_it(brand: int, name: str) -> None:
+    world = a100_world()
+    world.gpus[1].brand = brand
+    assert load_nvml(fake.module(world)).gpus[1].brand == name
+
+
+def test_arch_is_the_compute_capability_per_gpu() -> None:
+    world = a100_world()
+    world.gpus[1].capability = (9, 0)
+    world.gpus[2].capability = (7, 5)
+    assert [g.arch for g in load_nvml(fake.module(world)).gpus] == ["8.0", "9.0", "7.5"]
+
+
+@pytest.mark.parametrize(
+    ("call", "code"),
+    [
+        pytest.param("nvmlDeviceGetBrand", fake.NVML_ERROR_NOT_SUPPORTED,
+                     id="brand NOT_SUPPORTED is an error, nvml.h never answers it so"),
+        pytest.param("nvmlDeviceGetBrand", fake.NVML_ERROR_GPU_IS_LOST, id="brand GPU lost"),
+        pytest.param("nvmlDeviceGetCudaComputeCapability", fake.NVML_ERROR_NOT_SUPPORTED,
+                     id="compute capability NOT_SUPPORTED is an error"),
+        pytest.param("nvmlDeviceGetCudaComputeCapability", fake.NVML_ERROR_UNKNOWN,
+                     id="compute capability unknown error"),
+    ],
+)
+def test_arch_and_brand_errors_fail_closed(call: str, code: int) -> None:
+    with pytest.raises(NvmlError, match=f"NVML {call} failed"):
+        load_nvml(fake.module(a100_world(fail={call: code})))
+
+
+def test_a_negative_compute_capability_is_refused() -> None:
+    # NVML answers in C ints: a negative one is nonsense, not an arch to compare.
+    world = a100_world()
+    world.gpus[0].capability = (-1, 0)
+    with pytest.raises(NvmlError, match=r"compute capability \(-1, 0\)"):
+        load_nvml(fake.module(world))
+
+
+def test_old_bindings_without_the_brand_call_name_the_right_distribution() -> None:
+    mod = fake.module(a100_world())
+    del mod.nvmlDeviceGetBrand
+    with pytest.raises(NvmlError, match="install nvidia-ml-py"):
+        load_nvml(mod)

@@ -457,3 +457,26 @@ def test_cli_refresh_then_show_reports_fresh_then_stale(node: Node) -> None:
     stale = runner.invoke(cli, ["inventory", "show", "--config", config])
     assert stale.exit_code == 1
     assert "mig-minors mtime changed (was '" in stale.output and "', now '" in stale.output
+
+
+def test_snapshot_keeps_arch_and_brand(node: Node) -> None:
+    node.refresh()
+    doc = json.loads(node.cache.read_text())
+    assert {(g["arch"], g["brand"]) for g in doc["inventory"]["gpus"]} == {("8.0", "Unknown")}
+    inventory, _ = node.load()
+    assert node.reads == [] and {(g.arch, g.brand) for g in inventory.gpus} == {("8.0", "Unknown")}
+
+
+def test_a_snapshot_from_before_arch_and_brand_is_refused_not_read_as_unknown(node: Node) -> None:
+    # A /1 snapshot had no arch/brand: read as "unknown" it would turn judged requirements into
+    # notes; refused, the backend is read once and gives them.
+    node.refresh()
+    doc = json.loads(node.cache.read_text())
+    doc["format"] = "gpuhook-inventory-snapshot/1"
+    for g in doc["inventory"]["gpus"]:
+        del g["arch"], g["brand"]
+    node.cache.write_text(json.dumps(doc))
+    with pytest.raises(StaleSnapshot, match=f"not a {FORMAT} document"):
+        fresh_inventory(node.config)
+    inventory, _ = node.load()
+    assert node.reads == [str(node.yaml)] and inventory.gpus[0].arch == "8.0"

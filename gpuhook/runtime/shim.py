@@ -200,7 +200,13 @@ def exec_runtime(runtime: str, argv: list[str]) -> None:
             stream.flush()
         except (OSError, ValueError):
             pass  # a read-only or closed stdio: nothing of ours is lost (see report)
-    os.execve(runtime, [runtime, *argv[1:]], env)
+    try:
+        os.execve(runtime, [runtime, *argv[1:]], env)
+    except UnicodeEncodeError:
+        # Only a caller that is not a real exec can hand us such an argument (the kernel's argv
+        # decodes to encodable text): refuse it in one line rather than a traceback.
+        raise ShimError("an argument cannot be encoded for the runtime's command line "
+                        "(a lone surrogate?)", 2) from None
 
 
 # ---- the bundle ------------------------------------------------------------------------------

@@ -232,3 +232,14 @@ def test_the_hook_reading_its_state_from_a_device_without_end_stops_at_the_limit
                            timeout=e.TIMEOUT, check=False)
     e.assert_clean_exit(e.Run(p.returncode, p.stdout, p.stderr), allowed=(2,))
     assert b"larger than" in p.stderr
+
+
+@pytest.mark.parametrize("cid", ["\ud800", "ctr-\udfff"], ids=["a lone high surrogate",
+                                                              "a lone low surrogate"])
+def test_a_container_id_that_cannot_be_encoded_gets_one_line(
+        tmp_path: Path, config: Path, cid: str) -> None:
+    # Found by the shim fuzzer: os.execve cannot encode such an argument for the runtime.
+    bundle = e.bundle_with(tmp_path, e.spec())
+    run = e.run_forked(e.shim_main(bundle, config, cid))
+    e.assert_clean_exit(run, allowed=(2,))
+    assert "cannot be encoded" in e.assert_one_line(run.stderr)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.unit import specs
-from tests.unit.runtime.test_shim_exec import FAKE_RUNTIME, SHIM, World, gpu_spec
+from tests.unit.runtime.test_shim_exec import SHIM, World, gpu_spec, make_world
 
 TYPO = 'runtimes = ["{rt}"]\nlog-file = "{log}"\ninventry = "nvml"\n'
 
@@ -23,14 +23,7 @@ TYPO = 'runtimes = ["{rt}"]\nlog-file = "{log}"\ninventry = "nvml"\n'
 @pytest.fixture
 def world(tmp_path: Path) -> World:
     """test_shim_exec's world: a recording fake runc and a valid config naming it."""
-    rt_dir = tmp_path / "rt"
-    rt_dir.mkdir()
-    runtime = rt_dir / "fake-runc"
-    runtime.write_text(FAKE_RUNTIME.replace("@RECORD_DIR@", str(rt_dir)))
-    runtime.chmod(0o755)
-    w = World(tmp_path, runtime, tmp_path / "gpuhook.toml", tmp_path / "decisions.log")
-    w.write_config()
-    return w
+    return make_world(tmp_path)
 
 
 def broken(w: World) -> None:

@@ -13,10 +13,10 @@ import pytest
 from tests.unit import specs
 from tests.unit.runtime.test_shim_exec import (
     BIN,
-    FAKE_RUNTIME,
     World,
     imported_modules,
     interpreter_line,
+    make_world,
 )
 
 GPUHOOK = BIN / "gpuhook"
@@ -27,14 +27,7 @@ REPO = Path(__file__).resolve().parents[3]
 @pytest.fixture
 def world(tmp_path: Path) -> World:
     """test_shim_exec's world: a recording fake runc and a valid config naming it."""
-    rt_dir = tmp_path / "rt"
-    rt_dir.mkdir()
-    runtime = rt_dir / "fake-runc"
-    runtime.write_text(FAKE_RUNTIME.replace("@RECORD_DIR@", str(rt_dir)))
-    runtime.chmod(0o755)
-    w = World(tmp_path, runtime, tmp_path / "gpuhook.toml", tmp_path / "decisions.log")
-    w.write_config()
-    return w
+    return make_world(tmp_path)
 
 
 def test_the_installed_launchers_run_isolated_without_site() -> None:

@@ -76,8 +76,8 @@ class World:
         return b
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> World:
+def make_world(tmp_path: Path) -> World:
+    """A recording fake runc and a valid config naming it (also the other shim tests' world)."""
     rt_dir = tmp_path / "rt"
     rt_dir.mkdir()
     runtime = rt_dir / "fake-runc"
@@ -86,6 +86,11 @@ def world(tmp_path: Path) -> World:
     w = World(tmp_path, runtime, tmp_path / "gpuhook.toml", tmp_path / "decisions.log")
     w.write_config()
     return w
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return make_world(tmp_path)
 
 
 def gpu_spec(*ids: str) -> dict[str, Any]:

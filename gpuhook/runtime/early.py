@@ -17,11 +17,12 @@ already needs neither, so it reads the file itself.
 
 import os
 
+from gpuhook.limits import MAX_CONFIG_BYTES
+
 SYSTEM_CONFIG = "/etc/gpuhook/config.toml"
 ENV_CONFIG = "GPUHOOK_CONFIG"
 DEFAULT_VOLUME_MOUNT_ROOT = "/var/run/nvidia-container-devices"
 DEFAULT_RUNTIMES = ("runc", "crun")
-MAX_CONFIG_BYTES = 1 << 20
 ROOT_KEY = "volume-mount-root"
 RUNTIMES_KEY = "runtimes"
 

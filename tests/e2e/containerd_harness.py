@@ -358,6 +358,27 @@ def remove_cgroups(name: str, timeout: float = 10.0) -> list[Path]:
         time.sleep(0.1)
 
 
+def wait_for_processes_using(path: Path, timeout: float = 15.0) -> None:
+    """Wait until no process but this one has `path` in its command line (podman's conmon runs
+    `podman container cleanup` in the background after each container exits)."""
+    needle = str(path).encode()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = False
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                if needle in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    busy = True
+                    break
+            except OSError:
+                continue
+        if not busy:
+            return
+        time.sleep(0.05)
+
+
 def unmount_under(root: Path) -> None:
     for point in mounts_under(root):
         subprocess.run(

@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,12 @@ import pytest
 
 from tests.conftest import HOSTS, INVENTORIES
 from tests.e2e import device_probe
-from tests.e2e.containerd_harness import MINIMAL_PATH, remove_cgroups, unmount_under
+from tests.e2e.containerd_harness import (
+    MINIMAL_PATH,
+    remove_cgroups,
+    unmount_under,
+    wait_for_processes_using,
+)
 from tests.e2e.device_probe import CONTROL, MIG_1_0, NUMBERS, Expect
 from tests.e2e.driver_env import file_hash, tree_hash
 from tests.e2e.oci_image import find_busybox, write_rootfs
@@ -127,29 +131,10 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
     finally:
         pm.spec.unlink(missing_ok=True)
         pm.podman("rm", "--all", "--force", "--time", "0")
-        _wait_for_processes_using(work)
+        wait_for_processes_using(work)
         unmount_under(work)
         left = remove_cgroups(CGROUP_PARENT)
         assert not left, f"cgroups still busy after podman's containers were removed: {left}"
-
-
-def _wait_for_processes_using(path: Path, timeout: float = 15.0) -> None:
-    needle = str(path).encode()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        busy = False
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == os.getpid():
-                continue
-            try:
-                if needle in Path(f"/proc/{entry}/cmdline").read_bytes():
-                    busy = True
-                    break
-            except OSError:
-                continue
-        if not busy:
-            return
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ object with a SONAME (built with gcc), so the real ldconfig lists it."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from gpuhook.decide.plan import DriverFile, Symlink
 from gpuhook.enforce import driver, ldconfig
 from gpuhook.enforce.ns import run_in_mount_ns
 from gpuhook.errors import ApplyError
+from tests.e2e.driver_env import tree_hash
 from tests.unit import specs
 
 pytestmark = pytest.mark.skipif(
@@ -98,21 +98,6 @@ def container(tmp_path: Path) -> Iterator[tuple[int, Path]]:
             p.kill()
 
 
-def _tree_hash(root: Path) -> str:
-    h = hashlib.sha256()
-    for dirpath, dirnames, filenames in sorted(os.walk(root)):
-        dirnames.sort()
-        for name in sorted(filenames + dirnames):
-            p = Path(dirpath) / name
-            st = p.lstat()
-            h.update(f"{p.relative_to(root)} {st.st_mode:o} {st.st_size}".encode())
-            if p.is_symlink():
-                h.update(os.readlink(p).encode())
-            elif p.is_file():
-                h.update(p.read_bytes())
-    return h.hexdigest()
-
-
 def _in_ns(pid: int, fn: object) -> object:
     assert callable(fn)
     return run_in_mount_ns(pid, fn, caps=driver.DRIVER_CAPS)
@@ -138,7 +123,7 @@ def _cache_names(rootfs: Path) -> str:
 def test_hook_mode_mounts_links_and_rebuilds_the_ld_cache(container: tuple[int, Path],
                                                            host: Path) -> None:
     pid, rootfs = container
-    before = _tree_hash(host)
+    before = tree_hash(host)
     report = driver.apply_driver(_plan(host), pid, str(rootfs))  # type: ignore[arg-type]
     lib = f"/{LIBDIR}/libcuda.so.{VER}"
     assert report.mounts == [lib, "/usr/bin/nvidia-smi",
@@ -156,7 +141,7 @@ def test_hook_mode_mounts_links_and_rebuilds_the_ld_cache(container: tuple[int, 
     conf = (rootfs / "etc/ld.so.conf.d" / driver.CONF_NAME).read_text()
     assert conf == f"/{LIBDIR}\n"
     assert f"libcuda.so.1 (libc6,x86-64) => /{LIBDIR}/libcuda.so.1" in _cache_names(rootfs)
-    assert _tree_hash(host) == before
+    assert tree_hash(host) == before
 
     def write_lib() -> str:
         try:
@@ -170,17 +155,17 @@ def test_hook_mode_mounts_links_and_rebuilds_the_ld_cache(container: tuple[int, 
 
 def test_undo_restores_the_rootfs_as_it_was(container: tuple[int, Path], host: Path) -> None:
     pid, rootfs = container
-    before = _tree_hash(rootfs)
+    before = tree_hash(rootfs)
     report = driver.apply_driver(_plan(host), pid, str(rootfs))  # type: ignore[arg-type]
     assert driver.undo_driver(report, pid, str(rootfs)) == []
-    assert _tree_hash(rootfs) == before
+    assert tree_hash(rootfs) == before
     assert _driver_mounts(_in_ns(pid, _mountinfo), rootfs) == []
 
 
 def test_a_failing_ldconfig_undoes_everything_and_names_it(container: tuple[int, Path],
                                                            host: Path, tmp_path: Path) -> None:
     pid, rootfs = container
-    before = _tree_hash(rootfs)
+    before = tree_hash(rootfs)
     with pytest.raises(ApplyError, match=r"host ldconfig .*/sh is dynamically linked"):
         driver.apply_driver(_plan(host), pid, str(rootfs),  # type: ignore[arg-type]
                             ldconfig_path="/bin/sh")
@@ -191,7 +176,7 @@ def test_a_failing_ldconfig_undoes_everything_and_names_it(container: tuple[int,
         with pytest.raises(ApplyError, match=r"the host's ldconfig on rootfs .* failed"):
             driver.apply_driver(_plan(host), pid, str(rootfs),  # type: ignore[arg-type]
                                 ldconfig_path=str(fake))
-    assert _tree_hash(rootfs) == before
+    assert tree_hash(rootfs) == before
 
 
 def test_an_image_file_at_a_link_name_is_left_alone_and_noted(container: tuple[int, Path],
@@ -300,7 +285,7 @@ def test_an_attack_rootfs_never_makes_gpuhook_write_outside_it(
     victim = _victim(tmp_path)
     assert callable(plant)
     plant(rootfs, victim)
-    before_victim, before_host = _tree_hash(victim), _tree_hash(host)
+    before_victim, before_host = tree_hash(victim), tree_hash(host)
     plan = _plan(host)
     if expect == "refuses":
         refusal = r"(symlink|not a directory|not a regular file|symbolic links)"
@@ -308,8 +293,8 @@ def test_an_attack_rootfs_never_makes_gpuhook_write_outside_it(
             driver.apply_driver(plan, pid, str(rootfs))  # type: ignore[arg-type]
     else:
         driver.apply_driver(plan, pid, str(rootfs))  # type: ignore[arg-type]
-    assert _tree_hash(victim) == before_victim
-    assert _tree_hash(host) == before_host
+    assert tree_hash(victim) == before_victim
+    assert tree_hash(host) == before_host
     assert not (victim / "ran").exists()
     if expect == "contained":
         cache = _cache_names(rootfs)
@@ -352,11 +337,11 @@ def test_a_failing_cgroup_step_undoes_the_driver_files_and_the_nodes(
 
     pid, rootfs = container
     (rootfs / "dev").mkdir()
-    before = _tree_hash(rootfs)
+    before = tree_hash(rootfs)
     with pytest.raises(ApplyError, match="no-cgroup"):
         apply_to(_plan(host), pid, str(rootfs),  # type: ignore[arg-type]
                  DeviceCgroup(1, str(tmp_path / "no-cgroup")))
-    assert _tree_hash(rootfs) == before
+    assert tree_hash(rootfs) == before
     assert _driver_mounts(_in_ns(pid, _mountinfo), rootfs) == []
 
 

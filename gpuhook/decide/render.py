@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from gpuhook.decide.plan import Plan, mount_options
+from gpuhook.record import TYPE_CHECKING
 from gpuhook.text import escape
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:

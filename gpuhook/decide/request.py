@@ -7,12 +7,14 @@ except where docs/compatibility.md says why not; tests/unit/decide/test_toolkit_
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 from gpuhook.decide.spec import SpecView
 from gpuhook.errors import InputError
 from gpuhook.limits import DEV_NULL
+from gpuhook.record import TYPE_CHECKING, dataclass
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 ENV_VISIBLE = "NVIDIA_VISIBLE_DEVICES"
 ENV_DRIVER_CAPS = "NVIDIA_DRIVER_CAPABILITIES"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from gpuhook.errors import ResolveError
 from gpuhook.inventory.model import Gpu, Inventory, MigDevice
+from gpuhook.record import TYPE_CHECKING, dataclass
 from gpuhook.text import MAX_DIGITS, decimal
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 # fullmatch, ASCII: `$` would accept a trailing newline and `\d` accepts any Unicode digit.
 _INDEX = re.compile(r"[0-9]+")

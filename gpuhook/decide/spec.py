@@ -4,11 +4,13 @@ each checked, with errors that name the field. The spec is never rewritten from 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from gpuhook.errors import InputError
 from gpuhook.limits import MAX_SPEC_BYTES, MAX_STATE_BYTES
+from gpuhook.record import TYPE_CHECKING, dataclass, field
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ["MAX_SPEC_BYTES", "MAX_STATE_BYTES", "SpecView", "State", "parse_spec", "parse_state",
            "spec_view"]

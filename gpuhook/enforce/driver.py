@@ -27,16 +27,17 @@ import contextlib
 import functools
 import os
 import stat
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 from gpuhook.enforce import ldconfig, mountapi, ns, procview
 from gpuhook.enforce.libdir import LibDir, library_dir
 from gpuhook.enforce.nodes import split_container_path
 from gpuhook.errors import ApplyError
+from gpuhook.record import TYPE_CHECKING, dataclass, field
 
 if TYPE_CHECKING:  # annotations only: the createContainer hook does not import the decide stages
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
     from gpuhook.decide.plan import DriverFile, Plan
 
 # What the child in the container's mount namespace needs: move_mount / umount / unshare for

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, TypeVar
 
 from gpuhook.errors import InputError
+from gpuhook.record import TYPE_CHECKING, dataclass
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any, TypeVar
 
 # The brand names libnvidia-container gives nvmlDeviceGetBrand's answers (src/driver.c
 # driver_get_device_brand_1_svc, NVIDIA/libnvidia-container at 947344949f26): QUADRO, TESLA,
@@ -160,7 +162,8 @@ def _mapping(raw: object, where: str) -> Mapping[str, object]:
 
 
 _MISSING = object()
-T = TypeVar("T")
+if TYPE_CHECKING:
+    T = TypeVar("T")
 
 
 def _field(m: Mapping[str, object], key: str, kind: type[T], where: str,

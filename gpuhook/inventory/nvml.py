@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import contextlib
 from types import ModuleType
-from typing import Any
 
 from gpuhook.errors import NvmlError
 from gpuhook.inventory.model import ARCH, Gpu, Inventory, MigDevice
+from gpuhook.record import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 # NVML return codes (nvml.h), so the mapping holds whatever the module's class names are.
 _ADVICE = {

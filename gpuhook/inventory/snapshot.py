@@ -38,7 +38,6 @@ import json
 import os
 import stat
 import time
-from typing import Any
 
 from gpuhook.config import Config
 from gpuhook.decide.facts import DriverFacts
@@ -54,6 +53,10 @@ from gpuhook.host.proc import (
 )
 from gpuhook.inventory.driver_snapshot import driver_record, fresh_driver
 from gpuhook.inventory.model import Inventory
+from gpuhook.record import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 # /2: GPUs carry arch and brand. A /1 snapshot (written before) is refused as "not a /2
 # document" and the backend read instead, rather than read as "arch/brand unknown".

@@ -21,9 +21,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+
+from gpuhook.record import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from gpuhook.decide.plan import Plan
     from gpuhook.enforce.driver import DriverWork
 

@@ -8,12 +8,14 @@ import json
 import os
 import stat
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
 
+from gpuhook.record import TYPE_CHECKING
 from gpuhook.text import escape
 
 if TYPE_CHECKING:  # the createContainer hook logs without importing the decision stages
+    from collections.abc import Mapping
+    from typing import Any
+
     from gpuhook.decide.plan import Plan
 
 LOG_MODE = 0o600

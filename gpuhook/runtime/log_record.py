@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
 
 from gpuhook.decide.request import (
     ENV_CUDA_VERSION,
@@ -19,6 +18,10 @@ from gpuhook.decide.request import (
     ENV_VISIBLE,
 )
 from gpuhook.limits import MAX_MESSAGE_CHARS
+from gpuhook.record import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 # The env keys gpuhook acts on (decide/request.py reads exactly these, plus NVIDIA_REQUIRE_*):
 # images carry API keys and tokens under the NVIDIA_ prefix too, so the list is closed.

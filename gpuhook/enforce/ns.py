@@ -12,10 +12,13 @@ import ctypes
 import errno
 import json
 import os
-from collections.abc import Callable
-from typing import Any
 
 from gpuhook.errors import ApplyError
+from gpuhook.record import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 CLONE_NEWNS = 0x00020000
 MAX_REPLY = 1 << 20
@@ -118,17 +121,14 @@ def _fork_and_run(ns_fd: int | None, work: Callable[[], Any],
 def _child(ns_fd: int | None, work: Callable[[], Any], caps: tuple[str, ...]
            ) -> dict[str, Any]:
     try:
-        import signal
+        from gpuhook.enforce import caps as capabilities
 
-        import prctl
-
-        prctl.set_pdeathsig(signal.SIGKILL)  # never outlive the hook
+        capabilities.die_with_parent()  # never outlive the hook
         if ns_fd is not None:
             setns(ns_fd, CLONE_NEWNS)
         # Inside the container's file system, hold only what the work needs.
-        prctl.set_no_new_privs(1)
-        prctl.cap_effective.limit(*caps)
-        prctl.cap_permitted.limit(*caps)
+        capabilities.no_new_privs()
+        capabilities.limit(*caps)
         return {"ok": work()}
     except OSError as e:
         text = e.strerror or errno.errorcode.get(e.errno or 0, "error")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from gpuhook.decide.plan import Plan, mount_options
 from gpuhook.record import TYPE_CHECKING
 from gpuhook.text import escape
@@ -42,6 +40,8 @@ def plan_json(plan: Plan) -> dict[str, Any]:
 
 
 def render_json(plan: Plan) -> str:
+    import json  # indent: the C encoder has none; dry-run and CDI only
+
     return json.dumps(plan_json(plan), indent=2)
 
 

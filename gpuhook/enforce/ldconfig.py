@@ -27,7 +27,6 @@ image's loader reads).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import fcntl
 import os
@@ -186,8 +185,10 @@ def _exec_jailed(memfd: int, root_fd: int, err_fd: int, args: tuple[str, ...]) -
         caps.limit(*CAPS, bounding=True, inheritable=True)
         os.execve(memfd, list(args), {})
     except BaseException as e:  # the parent reports this text
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 (no contextlib on the start path)
             os.write(err_fd, f"gpuhook: cannot start ldconfig: {e}".encode())
+        except OSError:
+            pass
 
 
 def _detach_pseudo_fs(libc: ctypes.CDLL, rootfs_path: str) -> None:

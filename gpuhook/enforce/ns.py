@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import os
 
+from gpuhook import fastjson
 from gpuhook.errors import ApplyError
 from gpuhook.record import TYPE_CHECKING
 
@@ -78,7 +78,7 @@ def _fork_and_run(ns_fd: int | None, work: Callable[[], Any],
         try:
             os.close(r)
             reply = _child(ns_fd, work, caps)
-            data = json.dumps(reply).encode()
+            data = fastjson.dumps(reply).encode()
             view = memoryview(data)
             while view:
                 view = view[os.write(w, view):]
@@ -104,7 +104,7 @@ def _fork_and_run(ns_fd: int | None, work: Callable[[], Any],
         raise NamespaceWorkError(f"namespace helper process died without a reply "
                                  f"(wait status {status})")
     try:
-        answer: object = json.loads(raw)
+        answer: object = fastjson.loads(raw)
     except ValueError:
         answer = None
     if not isinstance(answer, dict) or not ("ok" in answer or "error" in answer):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from gpuhook.errors import InputError
 from gpuhook.record import TYPE_CHECKING, dataclass
 
@@ -18,7 +16,11 @@ if TYPE_CHECKING:
 BRANDS = ("Quadro", "Tesla", "NVS", "GRID", "GeForce", "TITAN", "Unknown")
 # The compute capability as libnvidia-container prints it ("%u.%u" of
 # nvmlDeviceGetCudaComputeCapability, src/driver.c driver_get_device_arch).
-ARCH = re.compile(r"[0-9]{1,4}\.[0-9]{1,4}")
+def is_arch(text: str) -> bool:
+    """`text` is "<1-4 digits>.<1-4 digits>" (ASCII), the form libnvidia-container prints."""
+    major, dot, minor = text.partition(".")
+    return bool(dot) and all(0 < len(p) <= 4 and p.isascii() and p.isdigit()
+                             for p in (major, minor))
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,7 @@ def _gpu(raw: object, where: str) -> Gpu:
 
 def _arch(g: Mapping[str, object], where: str) -> str | None:
     arch = _field(g, "arch", str, where) if "arch" in g else None
-    if arch is not None and not ARCH.fullmatch(arch):
+    if arch is not None and not is_arch(arch):
         raise InputError(f"{where}: arch {arch[:40]!r} must be a compute capability like "
                          "\"8.0\"")
     return arch

@@ -34,11 +34,11 @@ so a reconfiguration during the read cannot produce a snapshot that claims the n
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import time
 
+from gpuhook import fastjson
 from gpuhook.config import Config
 from gpuhook.decide.facts import DriverFacts
 from gpuhook.errors import GpuhookError, HostError
@@ -242,7 +242,7 @@ def write_snapshot(path: str, snapshot: dict[str, Any]) -> None:
                         f"uid {st.st_uid})")
     import tempfile  # only `refresh` writes
 
-    data = json.dumps(snapshot, separators=(",", ":"), sort_keys=True).encode() + b"\n"
+    data = fastjson.dumps(snapshot, separators=(",", ":"), sort_keys=True).encode() + b"\n"
     fd, tmp = tempfile.mkstemp(prefix=".inventory-", suffix=".tmp", dir=directory)
     try:
         os.fchmod(fd, 0o600)
@@ -292,7 +292,7 @@ def read_snapshot(path: str) -> dict[str, Any]:
     if len(raw) != st.st_size:
         raise StaleSnapshot(f"{path} changed while it was read")
     try:
-        doc = json.loads(raw)
+        doc = fastjson.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise StaleSnapshot(f"{path} is not valid JSON") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:

@@ -41,10 +41,10 @@ def run(config_path: str | None, state_raw: bytes, spec_raw: bytes | None,
         return e.exit_code
     finally:
         if len(record) > 1 and not write_log:
-            import json
+            from gpuhook import fastjson
 
             write_stderr(f"gpuhook: run by hand (a terminal): not written to {config.log_file} "
-                         f"(add --log to write it): {json.dumps(record, default=str)}")
+                         f"(add --log to write it): {fastjson.dumps(record, default=str)}")
         elif len(record) > 1:
             failed = log_decision(config.log_file, record)
             if failed:

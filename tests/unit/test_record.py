@@ -175,7 +175,8 @@ GPU_PATH = ["gpuhook.runtime.prestart", "gpuhook.runtime.pipeline", "gpuhook.inv
             "gpuhook.inventory.snapshot", "gpuhook.decide.render", "gpuhook.runtime.log_record",
             "gpuhook.enforce", "gpuhook.enforce.driver", "gpuhook.runtime.shim",
             "gpuhook.runtime.spec_edit", "gpuhook.runtime.create_container", "gpuhook.config"]
-HEAVY = ["dataclasses", "typing", "inspect", "ast", "dis", "copy"]
+HEAVY = ["dataclasses", "typing", "inspect", "ast", "dis", "copy", "json", "re", "enum",
+         "collections", "signal", "prctl"]
 
 
 def test_the_gpu_path_imports_neither_dataclasses_nor_typing() -> None:

@@ -35,6 +35,7 @@ import select
 import struct
 import time
 
+from gpuhook.enforce import caps
 from gpuhook.errors import ApplyError
 
 DEFAULT_LDCONFIG = "/sbin/ldconfig"
@@ -152,8 +153,6 @@ def _exec_jailed(memfd: int, root_fd: int, err_fd: int, args: tuple[str, ...]) -
     """In the grandchild: private mounts, no proc/sys under the rootfs, chroot, fds, rlimits,
     capabilities, exec. Any failure is written to `err_fd` and the caller exits 127."""
     try:
-        from gpuhook.enforce import caps
-
         caps.die_with_parent()
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.unshare(ctypes.c_int(CLONE_NEWNS)) != 0:

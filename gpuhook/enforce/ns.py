@@ -13,6 +13,7 @@ import errno
 import os
 
 from gpuhook import fastjson
+from gpuhook.enforce import caps as capabilities  # here, not in the child: see _child
 from gpuhook.errors import ApplyError
 from gpuhook.record import TYPE_CHECKING
 
@@ -121,8 +122,7 @@ def _fork_and_run(ns_fd: int | None, work: Callable[[], Any],
 def _child(ns_fd: int | None, work: Callable[[], Any], caps: tuple[str, ...]
            ) -> dict[str, Any]:
     try:
-        from gpuhook.enforce import caps as capabilities
-
+        # No import from here on: after setns, a path on sys.path resolves in the container.
         capabilities.die_with_parent()  # never outlive the hook
         if ns_fd is not None:
             setns(ns_fd, CLONE_NEWNS)

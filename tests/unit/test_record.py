@@ -180,7 +180,10 @@ HEAVY = ["dataclasses", "typing", "inspect", "ast", "dis", "copy", "json", "re",
 
 
 def test_the_gpu_path_imports_neither_dataclasses_nor_typing() -> None:
-    code = (f"import sys\nsys.path.insert(0, {str(REPO)!r})\nfor m in {GPU_PATH!r}: __import__(m)\n"
+    # As the launchers run it: -I -S, with the package and its dependencies' directories
+    # (python-prctl's _prctl) on sys.path, and nothing that site would import.
+    paths = [str(REPO), *(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))]
+    code = (f"import sys\nsys.path[:0] = {paths!r}\nfor m in {GPU_PATH!r}: __import__(m)\n"
             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
                          text=True, check=True, cwd=REPO).stdout

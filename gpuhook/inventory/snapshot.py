@@ -401,30 +401,51 @@ def encode_snapshot(doc: dict[str, Any]) -> bytes:
 
 
 class _File:
-    """A snapshot file read whole: its header and where its sections start."""
+    """A snapshot file: its header, read at once, and its sections, read when asked for. From
+    an open fd (a start: only the header and the sections it needs are read, so a big node's
+    file costs no more memory than a small one's) or from bytes (decode_snapshot)."""
 
-    __slots__ = ("header", "path", "raw", "start")
+    __slots__ = ("fd", "header", "path", "raw", "size", "start")
 
-    def __init__(self, path: str, raw: bytes) -> None:
+    def __init__(self, path: str, size: int, fd: int = -1, raw: bytes = b"") -> None:
         self.path = path
+        self.size = size
+        self.fd = fd
         self.raw = raw
-        end = raw.find(b"\n")
-        self.start = len(raw) if end < 0 else end + 1
+        head = self.read(0, min(size, READ_CHUNK))
+        while (end := head.find(b"\n")) < 0 and len(head) < size:
+            head += self.read(len(head), min(size - len(head), len(head)))
+        self.start = len(head) if end < 0 else end + 1
         try:
-            header = json.loads(raw[:self.start])
+            header = json.loads(head[:self.start])
         except (ValueError, UnicodeDecodeError):
             raise StaleSnapshot(f"{path} is not valid JSON") from None
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise StaleSnapshot(f"{path} is not a {FORMAT} document")
         self.header: dict[str, Any] = header
 
-    def section(self, ref: object, what: str) -> bytes:
+    def read(self, offset: int, length: int) -> bytes:
+        if self.fd < 0:
+            return self.raw[offset:offset + length]
+        try:
+            data = os.pread(self.fd, length, offset)
+        except OSError as e:
+            raise StaleSnapshot(f"cannot read {self.path}: {e.strerror}") from None
+        if len(data) != length:
+            raise StaleSnapshot(f"{self.path} changed while it was read")
+        return data
+
+    def ref(self, ref: object, what: str) -> list[int]:
+        """A section reference [offset, length], checked to lie in the file."""
         if not (isinstance(ref, list) and len(ref) == 2
                 and all(type(v) is int and v >= 0 for v in ref)
-                and self.start + ref[0] + ref[1] <= len(self.raw)):
+                and self.start + ref[0] + ref[1] <= self.size):
             raise StaleSnapshot(f"{self.path}: {what} is not a section of the file")
-        begin = self.start + ref[0]
-        return self.raw[begin:begin + ref[1]]  # a copy, but bytes compare with memcmp
+        return ref
+
+    def section(self, ref: object, what: str) -> bytes:
+        offset, length = self.ref(ref, what)
+        return self.read(self.start + offset, length)
 
     def json_section(self, ref: object, what: str) -> Any:
         try:
@@ -432,11 +453,15 @@ class _File:
         except (ValueError, UnicodeDecodeError):
             raise StaleSnapshot(f"{self.path}: {what} is not valid JSON") from None
 
-    def blob(self, name: str) -> bytes | None:
+    def blob_ref(self, name: str) -> list[int] | None:
         blobs = self.header.get("blobs")
         if not isinstance(blobs, dict):
             raise StaleSnapshot(f"{self.path} has no blobs")
         ref = blobs.get(name)
+        return None if ref is None else self.ref(ref, name)
+
+    def blob(self, name: str) -> bytes | None:
+        ref = self.blob_ref(name)
         return None if ref is None else self.section(ref, name)
 
     def table(self) -> list[list[int]]:
@@ -460,7 +485,7 @@ class _File:
 def decode_snapshot(raw: bytes, path: str) -> dict[str, Any]:
     """The file's contents as build_snapshot's document (for `inventory show`-like readers and
     tests; a start reads only the parts it needs)."""
-    f = _File(path, raw)
+    f = _File(path, len(raw), raw=raw)
     doc = {k: v for k, v in f.header.items()
            if k not in ("blobs", "gpus", "uuids", "other_minors", "driver_version",
                         "cuda_version")}
@@ -495,11 +520,22 @@ def decode_snapshot(raw: bytes, path: str) -> dict[str, Any]:
 
 def read_snapshot(path: str) -> dict[str, Any]:
     """The snapshot document if the file is trustworthy; StaleSnapshot otherwise."""
-    return decode_snapshot(_read_file(path), path)
+    fd, size = _open_file(path)
+    try:
+        raw = os.read(fd, size + 1)
+    except OSError as e:
+        raise StaleSnapshot(f"cannot read {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(raw) != size:
+        raise StaleSnapshot(f"{path} changed while it was read")
+    return decode_snapshot(raw, path)
 
 
-def _read_file(path: str) -> bytes:
-    """The snapshot file's bytes if the file is trustworthy; StaleSnapshot otherwise."""
+def _open_file(path: str) -> tuple[int, int]:
+    """(fd, size) of the snapshot file if it is trustworthy; StaleSnapshot otherwise. The
+    caller closes the fd. `refresh` replaces the file by rename, so what the fd reads is one
+    whole file, old or new."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -513,16 +549,13 @@ def _read_file(path: str) -> bytes:
                      os.stat(os.path.dirname(os.path.abspath(path))), file=False)
         if st.st_size > MAX_SNAPSHOT_BYTES:
             raise StaleSnapshot(f"{path} is larger than {MAX_SNAPSHOT_BYTES} bytes")
-        # A regular file (checked above): read(size + 1) allocates only what is there and
-        # still sees a file that grew since fstat.
-        raw = os.read(fd, st.st_size + 1)
     except OSError as e:
-        raise StaleSnapshot(f"cannot read {path}: {e.strerror}") from None
-    finally:
         os.close(fd)
-    if len(raw) != st.st_size:
-        raise StaleSnapshot(f"{path} changed while it was read")
-    return raw
+        raise StaleSnapshot(f"cannot read {path}: {e.strerror}") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
 
 
 def _check_owner(path: str, st: os.stat_result, file: bool) -> None:
@@ -583,7 +616,16 @@ def fresh_for_request(config: Config, ids: list[str] | tuple[str, ...] | None
 def _fresh(config: Config, ids: list[str] | tuple[str, ...] | None
            ) -> tuple[Inventory, dict[str, int] | None, dict[str, Any], bool]:
     path = config.inventory_cache
-    f = _File(path, _read_file(path))
+    fd, size = _open_file(path)
+    try:
+        return _fresh_from(_File(path, size, fd), config, ids)
+    finally:
+        os.close(fd)
+
+
+def _fresh_from(f: _File, config: Config, ids: list[str] | tuple[str, ...] | None
+                ) -> tuple[Inventory, dict[str, int] | None, dict[str, Any], bool]:
+    path = f.path
     if not isinstance(f.header.get("key"), dict):
         raise StaleSnapshot(f"{path} has no freshness key")
     table = f.table()
@@ -667,39 +709,95 @@ def _check(f: _File, config: Config, table: list[list[int]],
     StaleSnapshot naming every difference. True when the host has mig-minors."""
     host = HostPaths(config.host_root)
     recorded: dict[str, Any] = f.header["key"]
+    minors_path = host.path(MIG_MINORS)
     try:
-        source, content = _source_now(config.inventory)
+        source, same_source = _source_matches(config.inventory, f)
         files = {rel: _content(host.path(rel)) for rel in SMALL_FILES}
-        minors_raw = _raw(host.path(MIG_MINORS))
+        same_minors, has_minors = _file_matches(minors_path, f, f.blob_ref("mig-minors"))
         _check_driver_loaded(host, files)
         now = {
             "source": source,
             "host_root": os.path.abspath(config.host_root),
             "files": files,
-            "mig_minors_mtime_ns": _mtime_ns(host.path(MIG_MINORS)),
+            "mig_minors_mtime_ns": _mtime_ns(minors_path),
             "gpus": _names(host.path(GPUS_DIR)),
             "capabilities": _tree_names(host.path(CAPABILITIES_DIR), TREE_DEPTH,
                                         frozenset(f"gpu{row[3]}" for row in table)),
         }
         trees = [_gpu_tree(host, s["gpu"]["minor"]) if now["capabilities"] is not None
                  else None for s in sections]
+        what = [_describe(k, recorded.get(k), now.get(k))
+                for k in sorted(now.keys() | recorded.keys()) if now.get(k) != recorded.get(k)]
+        if not same_source:
+            what.append(_describe("source", recorded.get("source"), source))
+        if not same_minors:  # the slow path: both read whole, for the message
+            what.append(_describe("files", {MIG_MINORS: _maybe_text(f.blob("mig-minors"))},
+                                  {MIG_MINORS: _content(minors_path)}))
     except GpuhookError as e:
         raise StaleSnapshot(f"cannot check {f.path}: {e}") from None
-    what = [_describe(k, recorded.get(k), now.get(k))
-            for k in sorted(now.keys() | recorded.keys()) if now.get(k) != recorded.get(k)]
-    if f.blob("source") != content:
-        what.append(_describe("source", recorded.get("source"), source))
-    was_minors = f.blob("mig-minors")
-    if was_minors != minors_raw:
-        what.append(_describe("files", {MIG_MINORS: _maybe_text(was_minors)},
-                              {MIG_MINORS: _maybe_text(minors_raw)}))
     for s, tree in zip(sections, trees, strict=True):
         if s.get("capabilities") != tree:
             what.append(_describe("capabilities", s.get("capabilities"), tree)
                         + f" below gpu{s['gpu']['minor']}")
     if what:
         raise StaleSnapshot(f"{f.path} is stale: {'; '.join(what)}")
-    return minors_raw is not None
+    return has_minors
+
+
+def _source_matches(inventory: str, f: _File) -> tuple[dict[str, Any], bool]:
+    """The inventory source's key without its content, and whether its content is the one
+    recorded (compared from the same open file)."""
+    ref = f.blob_ref("source")
+    if inventory == NVML:
+        return {"backend": NVML}, ref is None
+    path = os.path.abspath(inventory)
+    try:
+        fd = open_regular(path)
+        try:
+            st = os.fstat(fd)
+            same = _same_bytes(fd, path, f, ref)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise HostError(f"inventory {path}: {e.strerror}") from None
+    return {"backend": "file", "path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}, same
+
+
+def _file_matches(path: str, f: _File, ref: list[int] | None) -> tuple[bool, bool]:
+    """(whether the host file at `path` holds exactly the section `ref`, None: recorded as
+    absent; whether the file exists)."""
+    try:
+        fd = open_regular(path)
+    except FileNotFoundError:
+        return ref is None, False
+    except OSError as e:
+        raise HostError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return _same_bytes(fd, path, f, ref), True
+    except OSError as e:
+        raise HostError(f"cannot read {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _same_bytes(fd: int, path: str, f: _File, ref: list[int] | None) -> bool:
+    """Whether what `fd` reads is exactly the section `ref` (None: no content was recorded),
+    compared a chunk at a time: neither file is held whole, so a start on a big node allocates
+    (and page-faults) no more than on a small one. In chunks for procfs too (see
+    _read_limited); a file over MAX_WATCHED_BYTES is doubt, as when it is read whole."""
+    if ref is None:
+        return False
+    offset, left = f.start + ref[0], ref[1]
+    total = 0
+    while chunk := os.read(fd, READ_CHUNK):
+        total += len(chunk)
+        if total > MAX_WATCHED_BYTES:
+            raise HostError(f"{path} is larger than {MAX_WATCHED_BYTES} bytes")
+        if len(chunk) > left or f.read(offset, len(chunk)) != chunk:
+            return False
+        offset += len(chunk)
+        left -= len(chunk)
+    return left == 0
 
 
 def _maybe_text(data: bytes | None) -> str | None:

@@ -8,9 +8,11 @@ recomputed on every use from cheap host reads under `host-root`:
 - `proc/devices` and `proc/sys/kernel/random/boot_id` (content: a module reload or a reboot),
 - `proc/driver/nvidia-caps/mig-minors` (content and mtime),
 - the names under `proc/driver/nvidia/gpus/` (a GPU added, removed or fallen off the bus),
-- the names of the whole `proc/driver/nvidia/capabilities/` tree (MIG mode changes and GI/CI
+- the names of the `proc/driver/nvidia/capabilities/` tree (MIG mode changes and GI/CI
   creation or destruction add and remove `gpuN/mig/giG/ciC` entries there; mig-minors itself
-  lists every possible minor and never changes),
+  lists every possible minor and never changes): on every use the part outside the GPUs' own
+  `gpuN/` dirs (their names included, so a GPU dir that comes or goes is seen by every start),
+  and below `gpuN/` only for the GPUs the request names (see "Per request" below),
 - the inventory source: `nvml`, or the fake YAML's absolute path, content, size and mtime
   (so editing a fake inventory invalidates its snapshot, just as reconfiguring MIG does on a
   real node), and the absolute host-root.
@@ -30,6 +32,16 @@ whatever reconfigures MIG (e.g. a mig-parted hook) and at boot.
 
 `refresh` computes the key before and after reading the backend and writes only if both agree,
 so a reconfiguration during the read cannot produce a snapshot that claims the new state.
+
+Per request: the file is a header line plus sections (format below, at encode_snapshot), so a
+start with device ids reads the header, finds the GPUs its ids name (an index from the header,
+a uuid from a text index), and parses and checks only those GPUs: what it costs does not grow
+with the node. The decision on `63:6` depends on GPU 63's inventory entry, its MIG capability
+subtree and its mig-minors entries, and on the node-wide facts (driver, majors, boot, GPU set),
+which are all checked; a change on another GPU cannot change it. Ids the index cannot place
+(`all`, a PCI bus id, an unknown id) load and check the whole inventory, as a full read does;
+a partial inventory that does not resolve its ids is never the answer: the whole one is loaded
+and resolves them (runtime/pipeline.py), so an error lists everything that exists.
 """
 
 from __future__ import annotations

@@ -83,6 +83,7 @@ READ_CHUNK = 1 << 16
 MAX_TREE_ENTRIES = 100_000
 TREE_DEPTH = 4  # lists capabilities/, gpuN/, gpuN/mig/, gpuN/mig/giG/ (ciC: names only)
 MAX_INDEX_DIGITS = 9  # a GPU or MIG index longer than this is not looked up (the full path is)
+MANY_IDS = 32  # more uuid ids than this: the uuid index is parsed once, not searched per id
 
 
 class StaleSnapshot(Exception):
@@ -675,7 +676,7 @@ def _select(f: _File, table: list[list[int]], ids: list[str] | tuple[str, ...] |
     if ids is None:
         return None
     by_index: dict[int, int] | None = None
-    uuids: str | None = None
+    uuids: str | dict[str, str] | None = None
     chosen: set[int] = set()
     for device_id in ids:
         gpu, sep, mig = device_id.partition(":")
@@ -686,10 +687,7 @@ def _select(f: _File, table: list[list[int]], ids: list[str] | tuple[str, ...] |
         elif device_id[:4].lower() in ("gpu-", "mig-") and device_id.isascii() \
                 and device_id.isprintable() and " " not in device_id:
             if uuids is None:
-                try:
-                    uuids = f.section(f.header.get("uuids"), "uuids").decode("ascii")
-                except UnicodeDecodeError:
-                    raise StaleSnapshot(f"{f.path}: uuids is not ASCII") from None
+                uuids = _uuid_index(f, len(ids) > MANY_IDS)
             position = _lookup(uuids, device_id.lower(), len(table))
         else:
             return None
@@ -705,7 +703,23 @@ def _index(text: str) -> int | None:
     return int(text)
 
 
-def _lookup(uuids: str, wanted: str, count: int) -> int | None:
+def _uuid_index(f: _File, many: bool) -> str | dict[str, str]:
+    """The uuid index as text (a few ids: each one a search at C speed, nothing built) or, for
+    many ids, as a dict (each search would scan the whole index)."""
+    try:
+        text = f.section(f.header.get("uuids"), "uuids").decode("ascii")
+        if not many:
+            return text
+        return dict(line.split(" ", 1) for line in text.split("\n") if line)
+    except (UnicodeDecodeError, ValueError):
+        raise StaleSnapshot(f"{f.path}: uuids must be ASCII lines of a uuid and a position") \
+            from None
+
+
+def _lookup(uuids: str | dict[str, str], wanted: str, count: int) -> int | None:
+    if isinstance(uuids, dict):
+        position = _index(uuids.get(wanted, ""))
+        return position if position is not None and position < count else None
     at = uuids.find(f"\n{wanted} ")
     if at < 0:
         return None

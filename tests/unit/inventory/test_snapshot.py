@@ -370,10 +370,15 @@ def _request(ids: list[str]) -> bytes:
     }).encode()
 
 
+MANY_UUIDS = [GPU1_MIG_UUID, "GPU-6EAAE5D6-FED8-5DF3-83E2-2BAFA8032E65",
+              "MIG-8e511436-4461-5e6a-9bcc-626d0798fb1e"] * 12  # past MANY_IDS: a parsed index
+
+
 @pytest.mark.parametrize("ids", [
     ["1:6"], [GPU1_MIG_UUID], ["3", "0:1"], ["all"], ["0000:47:00.0"],
-    ["GPU-6EAAE5D6-FED8-5DF3-83E2-2BAFA8032E65"],
-], ids=["MIG index", "MIG uuid", "two GPUs", "all", "PCI bus id", "GPU uuid in capitals"])
+    ["GPU-6EAAE5D6-FED8-5DF3-83E2-2BAFA8032E65"], MANY_UUIDS,
+], ids=["MIG index", "MIG uuid", "two GPUs", "all", "PCI bus id", "GPU uuid in capitals",
+        "many uuids"])
 def test_the_plan_from_a_partial_snapshot_is_the_plan_from_the_backend(
         node: Node, ids: list[str]) -> None:
     no_snapshot = plan_for_spec(parse_spec(_request(ids)), node.config)
@@ -408,10 +413,13 @@ def _misplace_uuid(n: Node) -> None:
     n.cache.write_bytes(raw[:at] + entry.replace(b" 1\n", b" 0\n") + raw[at + len(entry):])
 
 
-def test_a_wrong_index_entry_is_never_a_grant_of_another_device(node: Node) -> None:
+@pytest.mark.parametrize("ids", [[GPU1_MIG_UUID], [GPU1_MIG_UUID] * 40],
+                         ids=["one id (index searched)", "many ids (index parsed)"])
+def test_a_wrong_index_entry_is_never_a_grant_of_another_device(node: Node,
+                                                                ids: list[str]) -> None:
     node.refresh()
     _misplace_uuid(node)
-    plan = plan_for_spec(parse_spec(_request([GPU1_MIG_UUID])), node.config)
+    plan = plan_for_spec(parse_spec(_request(ids)), node.config)
     assert [(d.index, d.uuid) for d in plan.devices] == [("1:0", GPU1_MIG_UUID)]
 
 

@@ -343,14 +343,28 @@ def p3(b: Bench) -> Result:
     cfg = b.config("p3", snapshot=False)
     plain = b.bundle("p3-plain", args=("true",))
     hooked = b.bundle("p3-hook", args=("true",), hook=hook_argv(cfg))
+    # What limits P3: runc's own cost of running any prestart hook (/bin/true as the hook) and
+    # the interpreter's start (`python -I -S -c pass` as the hook, the launcher's flags).
+    true_hook = b.bundle("p3-true", args=("true",), hook=["/bin/true", "true"])
+    floor_hook = b.bundle("p3-floor", args=("true",),
+                          hook=[str(PYTHON), "python", "-I", "-S", "-c", "pass"])
     series = [Series("runc run true", _run_step(b, plain)),
-              Series("runc run true + gpuhook hook", _run_step(b, hooked))]
+              Series("runc run true + gpuhook hook", _run_step(b, hooked)),
+              Series("runc run true + /bin/true as the hook", _run_step(b, true_hook)),
+              Series("runc run true + `python -I -S -c pass` as the hook",
+                     _run_step(b, floor_hook))]
     interleave(series, b.reps)
     r.series = {s.name: s.stats() for s in series}
     base = r.series[series[0].name]
     hooked_st = r.series[series[1].name]
     r.figures["added median ms"] = hooked_st["median"] - base["median"]
     r.figures["added min ms"] = hooked_st["min"] - base["min"]
+    r.figures["of which runc running a hook at all (/bin/true), median ms"] = (
+        r.series[series[2].name]["median"] - base["median"])
+    r.figures["of which the interpreter's start (python -I -S -c pass - /bin/true), median ms"] = (
+        r.series[series[3].name]["median"] - r.series[series[2].name]["median"])
+    r.figures["of which gpuhook itself (gpuhook - python -I -S -c pass), median ms"] = (
+        hooked_st["median"] - r.series[series[3].name]["median"])
     r.check("P3", "runc run with the hook - without <= +10 ms, median",
             f"+{r.figures['added median ms']:.2f} ms (min +{r.figures['added min ms']:.2f} ms)",
             r.figures["added median ms"] <= 10)

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Any, NamedTuple
 
 from gpuhook.errors import InputError
+from gpuhook.record import TYPE_CHECKING, dataclass, fields, replace
 from gpuhook.runtime.early import ENV_CONFIG, SYSTEM_CONFIG
 from gpuhook.runtime.early import find_config_path as _find_config_path
 
-__all__ = ["ENV_CONFIG", "SYSTEM_CONFIG", "Config", "find_config_path", "load_config",
-           "load_config_lenient", "parse_config", "parse_config_lenient"]
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+__all__ = ["DEFAULTS", "ENV_CONFIG", "FIELDS", "SYSTEM_CONFIG", "Config", "find_config_path",
+           "load_config", "load_config_lenient", "parse_config", "parse_config_lenient"]
 
 
-class Config(NamedTuple):
-    """The configuration, immutable. A NamedTuple rather than a dataclass: the runtime shim
-    loads it for every runc command, and `dataclasses` (with `inspect`) costs ~7 ms to import."""
+@dataclass(frozen=True)
+class Config:
+    """The configuration, immutable (a gpuhook.record: the runtime shim loads it for every runc
+    command, and `dataclasses` or `typing` would cost more than the rest of a passthrough)."""
 
     inventory: str = "nvml"
     host_root: str = "/"
@@ -39,6 +43,17 @@ class Config(NamedTuple):
     def with_overrides(self, **changes: Any) -> Config:
         return self._replace(**{k: v for k, v in changes.items() if v is not None})
 
+    def _replace(self, **changes: Any) -> Config:
+        """A copy with `changes` (the name it had as a NamedTuple)."""
+        return replace(self, **changes)
+
+    def _asdict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in FIELDS}
+
+
+FIELDS = fields(Config)
+DEFAULTS: dict[str, Any] = {name: getattr(Config, name) for name in FIELDS}
+
 
 _CHOICES = {
     "unprivileged_envvar_action": ("ignore", "fail"),
@@ -50,7 +65,7 @@ _LIST_CHOICES = {"gated_device_families": ("gds", "mofed", "gdrcopy", "nvswitch"
                  "cdi_driver_capabilities": ("compat32", "compute", "display", "graphics", "ngx",
                                              "utility", "video")}
 _PATH_KEYS = ("inventory", "host_root", "log_file", "inventory_cache")
-_KEYS = {name.replace("_", "-"): name for name in Config._fields if name != "source"}
+_KEYS = {name.replace("_", "-"): name for name in FIELDS if name != "source"}
 
 
 def find_config_path(explicit: str | None, environ: Mapping[str, str]) -> str | None:
@@ -93,11 +108,11 @@ def load_config_lenient(explicit: str | None = None, environ: Mapping[str, str] 
 def _from_cache(values: dict[str, object], problems: list[str],
                 ) -> tuple[Config, list[str]] | None:
     """The Config of a cache entry (config_cache.py) if every field has its type; else None."""
-    if set(values) != set(Config._fields):
+    if set(values) != set(FIELDS):
         return None
     fields: dict[str, Any] = {}
     for name, value in values.items():
-        default = Config._field_defaults.get(name, "")
+        default = DEFAULTS.get(name, "")
         if isinstance(default, tuple):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 return None
@@ -177,7 +192,7 @@ def _kept(data: bytes, origin: str) -> Config:
 
 
 def _check(origin: str, key: str, name: str, value: object) -> object:
-    default = Config._field_defaults[name]
+    default = DEFAULTS[name]
     if isinstance(default, tuple):
         empty_ok = name in _MAY_BE_EMPTY
         if not isinstance(value, list) or not (value or empty_ok) or not all(

@@ -18,7 +18,7 @@ exactly what parsing gives. Writing is best effort and atomic (a temp file renam
 entry): a full path that cannot write (not root, read-only /run) just parses every time. Past
 MAX_ENTRIES entries, a write removes the oldest.
 
-No `typing`, no `json` on the read path (fastpath.loads); `json` only to write an entry.
+No `typing`, no `json`: the C accelerator alone (gpuhook/fastjson.py) reads and writes entries.
 """
 
 import os
@@ -103,12 +103,12 @@ def lookup(origin: str, data: bytes, st: os.stat_result, cache_dir: "str | None"
 def store(origin: str, data: bytes, st: os.stat_result, values: "dict[str, object]",
           problems: "list[str]", cache_dir: "str | None" = None) -> bool:
     """Write the entry for `origin` (see lookup); False when it could not be written."""
-    import json
+    from gpuhook import fastjson
 
     doc = {"key": _key(origin, st), "text": data.decode("latin-1"),
            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()},
            "problems": problems}
-    raw = json.dumps(doc, separators=(",", ":")).encode()
+    raw = fastjson.dumps(doc, separators=(",", ":")).encode()
     if len(raw) > MAX_CACHE_BYTES:
         return False
     cache_dir = cache_dir or CACHE_DIR

@@ -6,8 +6,14 @@ that is not printable (C0/C1 controls, DEL, line and paragraph separators, bidi 
 lone surrogates, unassigned code points) becomes a visible escape, so one message stays one
 line and reads the same on every terminal. `decimal` is the one ASCII-digit check:
 `str.isdigit()` also accepts `²` and `٣`, which `int()` then refuses or reads as another
-number. Neither imports anything: the hook's fast path may use them.
+number. Neither imports anything: the hook's fast path may use them. `re_fullmatch` and
+`re_match` import `re` (~3 ms with `enum`) only when called: for the rare forms (old MIG ids,
+PCI bus ids, legacy CUDA versions, CDI names) that a common start never parses.
 """
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import re
 
 MAX_DIGITS = 18  # a decimal field in a host file or an id: below 2**63, far below int's limit
 
@@ -38,3 +44,15 @@ def decimal(text: str, max_digits: int = MAX_DIGITS) -> int | None:
     if not text or len(text) > max_digits or not text.isascii() or not text.isdigit():
         return None
     return int(text)
+
+
+def re_fullmatch(pattern: str, text: str) -> "re.Match[str] | None":
+    import re
+
+    return re.fullmatch(pattern, text)
+
+
+def re_match(pattern: str, text: str) -> "re.Match[str] | None":
+    import re
+
+    return re.match(pattern, text)

@@ -191,9 +191,9 @@ def _is_gpuhook_config(path: str) -> bool:
     """A TOML file with at least one key and only gpuhook's keys."""
     import tomllib
 
-    from gpuhook.config import Config
+    from gpuhook.config import FIELDS
 
-    known = {f.replace("_", "-") for f in Config._fields}
+    known = {f.replace("_", "-") for f in FIELDS}
     try:
         with open(path, "rb") as f:
             table = tomllib.loads(f.read().decode("utf-8"))

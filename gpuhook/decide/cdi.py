@@ -19,8 +19,6 @@ pkg/parser/parser.go for names):
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 from gpuhook.config import Config
 from gpuhook.decide.cdi_names import GPU_CLASS, GPU_KIND, IMEX_CLASS, IMEX_KIND
@@ -41,6 +39,11 @@ from gpuhook.decide.resolve import Resolved, resolve
 from gpuhook.decide.spec import Mount, SpecView
 from gpuhook.inventory.model import Inventory
 from gpuhook.limits import DEV_NULL
+from gpuhook.record import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+    from typing import Any
 
 CLASSES = (GPU_CLASS, IMEX_CLASS)
 KINDS = {GPU_CLASS: GPU_KIND, IMEX_CLASS: IMEX_KIND}
@@ -53,7 +56,7 @@ VOID_ENV = "NVIDIA_VISIBLE_DEVICES=void"
 DEFAULT_LIB64 = "/usr/lib/x86_64-linux-gnu"
 DEFAULT_LIB32 = "/usr/lib/i386-linux-gnu"
 
-JsonObj = dict[str, Any]
+JsonObj = dict[str, "Any"]  # Any only to mypy: typing is not imported at run time
 
 class CdiVersionError(ValueError):
     pass

@@ -5,7 +5,7 @@ ends with a letter or digit and may also hold ':'). Pure."""
 
 from __future__ import annotations
 
-import re
+from gpuhook.text import re_match
 
 VENDOR = "nvidia.com"
 GPU_CLASS = "gpu"
@@ -13,8 +13,8 @@ IMEX_CLASS = "imex-channel"
 GPU_KIND = f"{VENDOR}/{GPU_CLASS}"
 IMEX_KIND = f"{VENDOR}/{IMEX_CLASS}"
 
-_VENDOR_OR_CLASS = re.compile(r"^[A-Za-z]([A-Za-z0-9_.\-]*[A-Za-z0-9])?$")
-_DEVICE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.:\-]*[A-Za-z0-9])?$")
+_VENDOR_OR_CLASS = r"^[A-Za-z]([A-Za-z0-9_.\-]*[A-Za-z0-9])?$"
+_DEVICE_NAME = r"^[A-Za-z0-9]([A-Za-z0-9_.:\-]*[A-Za-z0-9])?$"
 
 
 def qualified_name(kind: str, name: str) -> str:
@@ -28,7 +28,7 @@ def parse_qualified_name(text: str) -> tuple[str, str, str] | None:
     vendor, slash, cls = kind.partition("/")
     if not sep or not slash or not vendor or not cls or not name:
         return None
-    if not (_VENDOR_OR_CLASS.match(vendor) and _VENDOR_OR_CLASS.match(cls)
-            and _DEVICE_NAME.match(name)):
+    if not (re_match(_VENDOR_OR_CLASS, vendor) and re_match(_VENDOR_OR_CLASS, cls)
+            and re_match(_DEVICE_NAME, name)):
         return None
     return vendor, cls, name

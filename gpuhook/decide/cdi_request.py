@@ -35,9 +35,6 @@ NVIDIA classes gpuhook does not generate, are left to the runtime and noted.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
-
 from gpuhook.decide.cdi_names import GPU_CLASS, IMEX_CLASS, VENDOR, parse_qualified_name
 from gpuhook.decide.request import (
     ENV_VISIBLE,
@@ -49,6 +46,10 @@ from gpuhook.decide.request import (
 from gpuhook.decide.spec import Mount, SpecView
 from gpuhook.errors import InputError
 from gpuhook.limits import DEV_NULL
+from gpuhook.record import TYPE_CHECKING, dataclass, replace
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 CDI_ANNOTATION_PREFIX = "cdi.k8s.io/"
 DEVICE_PLUGIN_VENDOR = "k8s.device-plugin.nvidia.com"

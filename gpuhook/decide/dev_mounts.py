@@ -13,10 +13,13 @@ real mounts (enforce/nodes.py), which also catches mounts not in the spec.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Sequence
 
 from gpuhook.decide.plan import DeviceNode
 from gpuhook.decide.spec import Mount
+from gpuhook.record import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 DEV = "/dev"
 BIND_OPTIONS = frozenset({"bind", "rbind"})

@@ -15,11 +15,9 @@ capabilities say: see README "Driver files".)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
 from gpuhook.decide.facts import DriverFacts, DriverLibrary
 from gpuhook.errors import HostError
+from gpuhook.record import TYPE_CHECKING, dataclass, field
 
 if TYPE_CHECKING:  # plan.py imports this module and builds the Plan's objects
     from gpuhook.decide.plan import DriverFile

@@ -7,15 +7,16 @@ apply them the way they apply a GPU's nodes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-
 from gpuhook.config import Config
 from gpuhook.decide.cdi_request import ALL_CHANNELS, ENV_IMEX, GATED_ENV, Asked
 from gpuhook.decide.plan import CgroupRule, DeviceNode, DriverFile, Plan
 from gpuhook.decide.policy import untrusted_env_reason
 from gpuhook.decide.request import Ignored
 from gpuhook.errors import HostError
+from gpuhook.record import TYPE_CHECKING, dataclass, field, replace
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 IMEX_DIR = "/dev/nvidia-caps-imex-channels"
 IMEX_MAJOR_NAME = "nvidia-caps-imex-channels"

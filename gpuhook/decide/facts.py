@@ -3,11 +3,11 @@ Plan is built from it. Kept here so that decide/ depends on no reader."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from gpuhook.record import TYPE_CHECKING, dataclass, field
 
 if TYPE_CHECKING:  # plan.py imports this module; these are only annotations here
+    from collections.abc import Mapping
+
     from gpuhook.decide.plan import DriverFile
 
 

@@ -5,13 +5,12 @@ The hook, the runtime shim and dry-run all consume this Plan; none re-derives it
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
 from gpuhook.decide.driver import select as select_driver
 from gpuhook.decide.facts import HostInfo
 from gpuhook.decide.policy import Decision
 from gpuhook.decide.request import Ignored
 from gpuhook.decide.resolve import Resolved
+from gpuhook.record import dataclass, replace
 
 NODE_MODE = 0o666
 CTL_MINOR = 255

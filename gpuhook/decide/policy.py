@@ -7,8 +7,6 @@ Pure.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from gpuhook.config import Config
 from gpuhook.decide.request import (
     DEFAULT_DRIVER_CAPS,
@@ -23,6 +21,7 @@ from gpuhook.decide.request import (
     Request,
 )
 from gpuhook.errors import InputError, PolicyError
+from gpuhook.record import dataclass
 
 SOURCE_MOUNTS = "volume-mounts"
 SOURCE_ENV = "envvar"

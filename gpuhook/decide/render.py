@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from gpuhook.decide.plan import Plan, mount_options
+from gpuhook.record import TYPE_CHECKING
 from gpuhook.text import escape
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
@@ -39,6 +40,8 @@ def plan_json(plan: Plan) -> dict[str, Any]:
 
 
 def render_json(plan: Plan) -> str:
+    import json  # indent: the C encoder has none; dry-run and CDI only
+
     return json.dumps(plan_json(plan), indent=2)
 
 

@@ -6,13 +6,14 @@ except where docs/compatibility.md says why not; tests/unit/decide/test_toolkit_
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-
 from gpuhook.decide.spec import SpecView
 from gpuhook.errors import InputError
 from gpuhook.limits import DEV_NULL
+from gpuhook.record import TYPE_CHECKING, dataclass
+from gpuhook.text import re_fullmatch
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 ENV_VISIBLE = "NVIDIA_VISIBLE_DEVICES"
 ENV_DRIVER_CAPS = "NVIDIA_DRIVER_CAPABILITIES"
@@ -33,9 +34,9 @@ MAX_ID_LEN = 256
 MAX_VISIBLE_CHARS = MAX_IDS * (MAX_ID_LEN + 1)  # MAX_IDS ids of MAX_ID_LEN, comma-separated
 MAX_UNKNOWN_CAPS = 16  # unsupported driver capabilities named in a message, at most
 # Matched with fullmatch: `$` also matches before a trailing newline ("0\n").
-_ID_CHARS = re.compile(r"[A-Za-z0-9:_.\-]+")
+_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789:_.-"
 # The MIG device UUID drivers before R470 reported: MIG-GPU-<parent uuid>/<gi>/<ci>.
-OLD_MIG_ID = re.compile(r"MIG-GPU-[0-9A-Fa-f-]{1,64}/[0-9]{1,6}/[0-9]{1,6}", re.IGNORECASE)
+OLD_MIG_ID = r"(?i)MIG-GPU-[0-9A-Fa-f-]{1,64}/[0-9]{1,6}/[0-9]{1,6}"
 # Go strconv.ParseBool's true spellings (NVIDIA_DISABLE_REQUIRE, toolkit image.HasDisableRequire).
 GO_TRUE = ("1", "t", "T", "TRUE", "true", "True")
 
@@ -158,7 +159,7 @@ def _mount_requests(spec: SpecView, root: str) -> tuple[
             ignored.append(Ignored("volume-mounts", rel,
                                    "CDI device name: not a GPU id; the runtime's CDI support "
                                    "injects it"))
-        elif len(parts) > 1 and not OLD_MIG_ID.fullmatch(rel):
+        elif len(parts) > 1 and not re_fullmatch(OLD_MIG_ID, rel):
             error = error or (f"volume mount {mount.destination!r}: {rel!r} is not a device id "
                               "(ids have no '/'; only imex/ and cdi/ entries are paths)")
         elif rel in (MIG_MONITOR, MIG_CONFIG):
@@ -229,8 +230,9 @@ def _under(path: str, root_parts: list[str]) -> bool:
 
 
 def _id_problem(device_id: str, where: str) -> str | None:
-    if len(device_id) <= MAX_ID_LEN and (_ID_CHARS.fullmatch(device_id)
-                                         or OLD_MIG_ID.fullmatch(device_id)):
+    # Every character one of _ID_CHARS (stripping them leaves nothing), or an old MIG id.
+    if len(device_id) <= MAX_ID_LEN and device_id and (
+            not device_id.strip(_ID_CHARS) or re_fullmatch(OLD_MIG_ID, device_id)):
         return None
     return f"{where}: malformed device id {device_id[:80]!r}"
 
@@ -328,7 +330,7 @@ def requirements(env: Mapping[str, str], legacy: bool
 _SEMVER_NUM = r"(?:0|[1-9][0-9]*)"
 _SEMVER_IDENT = r"[0-9A-Za-z-]+"
 _SEMVER_PRE = rf"(?:{_SEMVER_NUM}|[0-9A-Za-z-]*[A-Za-z-][0-9A-Za-z-]*)"
-_SEMVER = re.compile(
+_SEMVER = (
     rf"v?({_SEMVER_NUM})(?:\.({_SEMVER_NUM})(?:\.{_SEMVER_NUM}"
     rf"(?:-{_SEMVER_PRE}(?:\.{_SEMVER_PRE})*)?(?:\+{_SEMVER_IDENT}(?:\.{_SEMVER_IDENT})*)?)?)?")
 
@@ -340,7 +342,7 @@ def cuda_major_minor(version: str) -> str | None:
     minor fit 32 bits), else None."""
     if len(version) > 256:  # before the regex; a CUDA version is a few characters
         return None
-    m = _SEMVER.fullmatch(version)
+    m = re_fullmatch(_SEMVER, version)
     if m is None:
         return None
     major, minor = m.group(1), m.group(2) or "0"

@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-
 from gpuhook.errors import ResolveError
 from gpuhook.inventory.model import Gpu, Inventory, MigDevice
-from gpuhook.text import MAX_DIGITS, decimal
+from gpuhook.record import TYPE_CHECKING, dataclass
+from gpuhook.text import MAX_DIGITS, decimal, re_fullmatch
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 # fullmatch, ASCII: `$` would accept a trailing newline and `\d` accepts any Unicode digit.
-_INDEX = re.compile(r"[0-9]+")
-_MIG_INDEX = re.compile(r"([0-9]+):([0-9]+)")
 # libnvidia-container src/cli/common.c matches_pci_format: "%x:%02x:%02x.0" (domain:bus:device).
-_PCI_BUS_ID = re.compile(r"([0-9A-Fa-f]{1,8}):([0-9A-Fa-f]{1,2}):([0-9A-Fa-f]{1,2})(?:\.0)?")
+_PCI_BUS_ID = r"([0-9A-Fa-f]{1,8}):([0-9A-Fa-f]{1,2}):([0-9A-Fa-f]{1,2})(?:\.0)?"
 # MIG-GPU-<parent uuid>/<gi>/<ci>: the MIG UUID drivers before R470 reported.
-_OLD_MIG = re.compile(r"MIG-(GPU-[0-9A-Fa-f-]+)/([0-9]+)/([0-9]+)", re.IGNORECASE)
+_OLD_MIG = r"(?i)MIG-(GPU-[0-9A-Fa-f-]+)/([0-9]+)/([0-9]+)"
 # Real CUDA images carry a few dozen alternatives (about 1 KiB); the bounds leave room.
 MAX_REQUIREMENT_CHARS = 65536
 MAX_REQUIREMENT_NOTES = 16
 # dsl.c's operators are =, !=, <, <=, >, >=; `==` is accepted here too (it was before).
-_CONSTRAINT = re.compile(r"(cuda|driver|arch|brand)[ \t]*(>=|<=|!=|==|=|>|<)[ \t]*(\S+)")
+_CONSTRAINT_KEYS = ("cuda", "driver", "arch", "brand")
+_CONSTRAINT_OPS = (">=", "<=", "!=", "==", "=", ">", "<")
 
 
 @dataclass(frozen=True)
@@ -68,14 +67,14 @@ def _resolve_one(device_id: str, inv: Inventory, allow_full: bool) -> list[Resol
             else:
                 out.append(Resolved(gpu))
         return out
-    if _INDEX.fullmatch(device_id):
+    if _digits(device_id):
         gpu = _gpu_by(lambda g: g.index == int(device_id), inv, device_id, allow_full)
         return [_full(gpu, device_id, allow_full)]
-    m = _MIG_INDEX.fullmatch(device_id)
-    if m:
-        gpu = _gpu_by(lambda g: g.index == int(m.group(1)), inv, device_id, allow_full)
+    gpu_part, colon, mig_part = device_id.partition(":")
+    if colon and _digits(gpu_part) and _digits(mig_part):
+        gpu = _gpu_by(lambda g: g.index == int(gpu_part), inv, device_id, allow_full)
         for mig in gpu.mig_devices:
-            if mig.index == int(m.group(2)):
+            if mig.index == int(mig_part):
                 return [Resolved(gpu, mig)]
         raise ResolveError(f"{device_id} not found: {_mig_list(gpu)}")
     # UUIDs are matched case-insensitively, as nvidia-container-cli does (strcasecmp).
@@ -83,7 +82,7 @@ def _resolve_one(device_id: str, inv: Inventory, allow_full: bool) -> list[Resol
     if wanted.startswith("gpu-"):
         gpu = _gpu_by(lambda g: g.uuid.lower() == wanted, inv, device_id, allow_full)
         return [_full(gpu, device_id, allow_full)]
-    old = _OLD_MIG.fullmatch(device_id)
+    old = re_fullmatch(_OLD_MIG, device_id) if "/" in device_id else None
     if old:
         parent = old.group(1).lower()
         gpu = _gpu_by(lambda g: g.uuid.lower() == parent, inv, device_id, allow_full)
@@ -111,7 +110,7 @@ def _resolve_one(device_id: str, inv: Inventory, allow_full: bool) -> list[Resol
 def _pci_key(bus_id: str) -> tuple[int, int, int] | None:
     """(domain, bus, device) of a PCI bus id, whatever the zero padding (NVML writes an 8-digit
     domain, /proc/driver/nvidia/gpus a 4-digit one)."""
-    m = _PCI_BUS_ID.fullmatch(bus_id)
+    m = re_fullmatch(_PCI_BUS_ID, bus_id) if ":" in bus_id else None
     if m is None:
         return None
     return int(m.group(1), 16), int(m.group(2), 16), int(m.group(3), 16)
@@ -211,16 +210,40 @@ def _expression(name: str, expr: str, inv: Inventory, gpu: Gpu | None, notes: li
     return unjudged
 
 
+def _digits(text: str) -> bool:
+    """`text` is one or more ASCII digits (str.isdigit alone also takes `²` and `٣`)."""
+    return text.isascii() and text.isdigit()
+
+
+def _constraint(text: str) -> tuple[str, str, str] | None:
+    """(key, op, value) of `text` as the pattern `(cuda|driver|arch|brand)[ \\t]*(>=|<=|!=|==|=
+    |>|<)[ \\t]*(\\S+)` matches all of it: the operators are tried in that order, and one that
+    leaves no value (`cuda>=`) gives way to the next (`>` with the value `=`), as the regex's
+    backtracking does."""
+    for key in _CONSTRAINT_KEYS:
+        if text.startswith(key):
+            rest = text[len(key):].lstrip(" \t")
+            break
+    else:
+        return None
+    for op in _CONSTRAINT_OPS:
+        if rest.startswith(op):
+            value = rest[len(op):].lstrip(" \t")
+            if value and not any(c.isspace() for c in value):
+                return key, op, value
+    return None
+
+
 def _alternative(alternative: str, inv: Inventory, gpu: Gpu | None
                  ) -> tuple[bool | None, str]:
     """An AND group: False when any checkable constraint fails (wherever it stands), else None
     when one cannot be judged (the GPU's arch / brand is unknown), else True."""
     unjudged = ""
     for constraint in alternative.split(","):
-        m = _CONSTRAINT.fullmatch(constraint.strip())
-        if not m:
+        parsed = _constraint(constraint.strip())
+        if parsed is None:
             raise ResolveError(f"requirement {constraint[:200]!r}: expected e.g. cuda>=12.0")
-        key, op, want = m.groups()
+        key, op, want = parsed
         if key in ("arch", "brand"):
             if gpu is None:  # configure.c: "No device is visible, assume the arch is ok"
                 continue

@@ -3,12 +3,13 @@ each checked, with errors that name the field. The spec is never rewritten from 
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-
+from gpuhook import fastjson
 from gpuhook.errors import InputError
 from gpuhook.limits import MAX_SPEC_BYTES, MAX_STATE_BYTES
+from gpuhook.record import TYPE_CHECKING, dataclass, field
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ["MAX_SPEC_BYTES", "MAX_STATE_BYTES", "SpecView", "State", "parse_spec", "parse_state",
            "spec_view"]
@@ -63,6 +64,14 @@ def decode_json(data: bytes, what: str) -> object:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise InputError(f"{what}: not UTF-8 (byte {e.start})") from None
+    try:
+        return fastjson.loads(text)
+    except ValueError:
+        pass  # json names the problem (or reads what the C scanner alone leaves to it)
+    except RecursionError:
+        raise InputError(f"{what}: invalid JSON: nested too deeply") from None
+    import json
+
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:

@@ -16,13 +16,15 @@ ApplyError is raised.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
 
 from gpuhook.enforce import cgroup, mountapi, nodes, ns, userns
 from gpuhook.errors import ApplyError
+from gpuhook.record import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only (the createContainer hook skips the decide stages)
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
     from gpuhook.decide.plan import CgroupRule, Plan
 
 

@@ -20,12 +20,14 @@ import os
 import resource
 import struct
 import sys
-from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from gpuhook.decide.plan import CgroupRule
 from gpuhook.errors import ApplyError
+from gpuhook.record import TYPE_CHECKING, dataclass
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
 
 # --- eBPF instruction encoding (include/uapi/linux/bpf.h, bpf_common.h) --------------------------
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from gpuhook.errors import ApplyError
+from gpuhook.record import TYPE_CHECKING, dataclass
 from gpuhook.text import decimal
 
 if TYPE_CHECKING:  # annotations only (the createContainer hook skips the decide stages)
+    from collections.abc import Sequence
+
     from gpuhook.decide.plan import CgroupRule
 
 CGROUP_BASE = "/sys/fs/cgroup"

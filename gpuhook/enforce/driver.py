@@ -22,21 +22,20 @@ entry, the previous ld.so.cache) and raises ApplyError with one line.
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import functools
+import binascii
 import os
 import stat
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 from gpuhook.enforce import ldconfig, mountapi, ns, procview
 from gpuhook.enforce.libdir import LibDir, library_dir
 from gpuhook.enforce.nodes import split_container_path
 from gpuhook.errors import ApplyError
+from gpuhook.record import TYPE_CHECKING, dataclass, field
 
 if TYPE_CHECKING:  # annotations only: the createContainer hook does not import the decide stages
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
     from gpuhook.decide.plan import DriverFile, Plan
 
 # What the child in the container's mount namespace needs: move_mount / umount / unshare for
@@ -458,7 +457,7 @@ def _write_conf(root_fd: int, rootfs: str, dirs: list[str], report: DriverReport
             return
         _replace_file(d, CONF_NAME, text)
         report.written.append([f"{CONF_DIR}/{CONF_NAME}",
-                               None if old is None else base64.b64encode(old).decode()])
+                               None if old is None else _b64(old)])
     finally:
         os.close(d)
 
@@ -479,7 +478,7 @@ def _update_musl_path(root_fd: int, rootfs: str, path_file: str, dirs: list[str]
             return
         text = old + (b"" if old.endswith(b"\n") or not old else b"\n")
         _replace_file(d, parts[-1], text + "".join(f"{x}\n" for x in missing).encode())
-        report.written.append([path_file, base64.b64encode(old).decode()])
+        report.written.append([path_file, _b64(old)])
     finally:
         os.close(d)
 
@@ -494,7 +493,7 @@ def _backup_cache(root_fd: int, report: DriverReport) -> None:
             report.cache = ["link", os.readlink("ld.so.cache", dir_fd=etc)]
         elif stat.S_ISREG(st.st_mode) and st.st_size <= MAX_CACHE_BACKUP:
             data = _read_regular(etc, "ld.so.cache")
-            report.cache = ["file", base64.b64encode(data or b"").decode()]
+            report.cache = ["file", _b64(data or b"")]
         else:
             raise ApplyError(f"{LD_SO_CACHE} in the rootfs is not a regular file of at most "
                              f"{MAX_CACHE_BACKUP} bytes")
@@ -589,39 +588,51 @@ def undo_in_ns(report: DriverReport, root_fd: int) -> list[str]:
     if report.cache is not None:
         step(LD_SO_CACHE, at(LD_SO_CACHE, lambda d, n: _restore(d, n, report.cache)))
     for path, old in reversed(report.written):
-        step(path, at(path, functools.partial(_restore_written, old=old)))
+        step(path, at(path, _restoring_written(old)))
     for path, old in reversed(report.links):
-        step(path, at(path, functools.partial(_unlink_relink_kw, old=old)))
+        step(path, at(path, _relinking(old)))
     for path in reversed(report.mounts):
         step(path, at(path, mountapi.detach_mount))
     for path in reversed(report.files):
         step(path, at(path, lambda d, n: os.unlink(n, dir_fd=d)))
     for path in reversed(report.dirs):
-        with contextlib.suppress(OSError, ApplyError):  # someone else's entries, or gone
+        try:  # noqa: SIM105 (no contextlib on the start path)
             at(path, lambda d, n: os.rmdir(n, dir_fd=d))()
+        except (OSError, ApplyError):  # someone else's entries, or gone
+            pass
     return stuck
 
 
 def _restore(d: int, name: str, old: list[Any] | None) -> None:
     if old is None or old[0] == "absent":
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=d)
+        _unlink_if_there(d, name)
     elif old[0] == "link":
         _unlink_relink(d, name, str(old[1]))
     else:
-        _replace_file(d, name, base64.b64decode(old[1]))
+        _replace_file(d, name, binascii.a2b_base64(old[1]))
 
 
-def _restore_written(d: int, name: str, *, old: str | None) -> None:
-    _restore(d, name, ["absent"] if old is None else ["file", old])
+def _restoring_written(old: str | None) -> Callable[[int, str], None]:
+    return lambda d, name: _restore(d, name, ["absent"] if old is None else ["file", old])
 
 
-def _unlink_relink_kw(d: int, name: str, *, old: str | None) -> None:
-    _unlink_relink(d, name, old)
+def _relinking(old: str | None) -> Callable[[int, str], None]:
+    return lambda d, name: _unlink_relink(d, name, old)
+
+
+def _unlink_if_there(d: int, name: str) -> None:
+    try:  # noqa: SIM105 (no contextlib on the start path)
+        os.unlink(name, dir_fd=d)
+    except FileNotFoundError:
+        pass
+
+
+def _b64(data: bytes) -> str:
+    """base64.b64encode(data).decode(), without base64's import of `re`."""
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 def _unlink_relink(d: int, name: str, old: str | None) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(name, dir_fd=d)
+    _unlink_if_there(d, name)
     if old is not None:
         os.symlink(old, name, dir_fd=d)

@@ -27,16 +27,15 @@ image's loader reads).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import fcntl
 import os
 import resource
 import select
-import signal
 import struct
 import time
 
+from gpuhook.enforce import caps
 from gpuhook.errors import ApplyError
 
 DEFAULT_LDCONFIG = "/sbin/ldconfig"
@@ -128,7 +127,7 @@ def run(memfd: int, root_fd: int, rootfs: str, args: tuple[str, ...] = ARGS) -> 
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, 9)  # SIGKILL
                 break
             ready, _, _ = select.select([r], [], [], left)
             if not ready:
@@ -154,9 +153,7 @@ def _exec_jailed(memfd: int, root_fd: int, err_fd: int, args: tuple[str, ...]) -
     """In the grandchild: private mounts, no proc/sys under the rootfs, chroot, fds, rlimits,
     capabilities, exec. Any failure is written to `err_fd` and the caller exits 127."""
     try:
-        import prctl
-
-        prctl.set_pdeathsig(signal.SIGKILL)
+        caps.die_with_parent()
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.unshare(ctypes.c_int(CLONE_NEWNS)) != 0:
             raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
@@ -183,15 +180,14 @@ def _exec_jailed(memfd: int, root_fd: int, err_fd: int, args: tuple[str, ...]) -
             os.closerange(lo + 1, hi)
         for res, limit in RLIMITS:
             resource.setrlimit(res, (limit, limit))
-        prctl.set_no_new_privs(1)
-        prctl.capbset.limit(*CAPS)
-        prctl.cap_inheritable.limit()
-        prctl.cap_effective.limit(*CAPS)
-        prctl.cap_permitted.limit(*CAPS)
+        caps.no_new_privs()
+        caps.limit(*CAPS, bounding=True, inheritable=True)
         os.execve(memfd, list(args), {})
     except BaseException as e:  # the parent reports this text
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 (no contextlib on the start path)
             os.write(err_fd, f"gpuhook: cannot start ldconfig: {e}".encode())
+        except OSError:
+            pass
 
 
 def _detach_pseudo_fs(libc: ctypes.CDLL, rootfs_path: str) -> None:

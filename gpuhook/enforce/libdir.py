@@ -20,13 +20,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from gpuhook.errors import ApplyError
+from gpuhook.record import TYPE_CHECKING, dataclass
 
 if TYPE_CHECKING:  # annotations only: the createContainer hook does not import the decide stages
+    from collections.abc import Callable
+
     from gpuhook.decide.plan import DriverFile
 
 DEBIAN_LIB64 = "/usr/lib/x86_64-linux-gnu"

@@ -17,7 +17,6 @@ fsopen/fsmount is filled on the host through its fd before it is attached, the s
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import struct
 
@@ -55,9 +54,13 @@ class _MountAttr(ctypes.Structure):
                 ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
 
-@functools.cache
+_LIBC: list[ctypes.CDLL] = []  # loaded once (functools.cache would import collections)
+
+
 def _lib() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
+    if not _LIBC:
+        _LIBC.append(ctypes.CDLL(None, use_errno=True))
+    return _LIBC[0]
 
 
 def _check(result: int, what: str) -> int:

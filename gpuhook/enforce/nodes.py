@@ -27,14 +27,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from gpuhook.enforce import mountapi
 from gpuhook.errors import ApplyError
+from gpuhook.record import TYPE_CHECKING, dataclass, field
 
 if TYPE_CHECKING:  # annotations only (the createContainer hook skips the decide stages)
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+
     from gpuhook.decide.plan import DeviceNode
 
 DIR_MODE = 0o755

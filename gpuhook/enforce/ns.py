@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import os
-from collections.abc import Callable
-from typing import Any
 
+from gpuhook import fastjson
+from gpuhook.enforce import caps as capabilities  # here, not in the child: see _child
 from gpuhook.errors import ApplyError
+from gpuhook.record import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 CLONE_NEWNS = 0x00020000
 MAX_REPLY = 1 << 20
@@ -75,7 +79,7 @@ def _fork_and_run(ns_fd: int | None, work: Callable[[], Any],
         try:
             os.close(r)
             reply = _child(ns_fd, work, caps)
-            data = json.dumps(reply).encode()
+            data = fastjson.dumps(reply).encode()
             view = memoryview(data)
             while view:
                 view = view[os.write(w, view):]
@@ -101,7 +105,7 @@ def _fork_and_run(ns_fd: int | None, work: Callable[[], Any],
         raise NamespaceWorkError(f"namespace helper process died without a reply "
                                  f"(wait status {status})")
     try:
-        answer: object = json.loads(raw)
+        answer: object = fastjson.loads(raw)
     except ValueError:
         answer = None
     if not isinstance(answer, dict) or not ("ok" in answer or "error" in answer):
@@ -118,17 +122,13 @@ def _fork_and_run(ns_fd: int | None, work: Callable[[], Any],
 def _child(ns_fd: int | None, work: Callable[[], Any], caps: tuple[str, ...]
            ) -> dict[str, Any]:
     try:
-        import signal
-
-        import prctl
-
-        prctl.set_pdeathsig(signal.SIGKILL)  # never outlive the hook
+        # No import from here on: after setns, a path on sys.path resolves in the container.
+        capabilities.die_with_parent()  # never outlive the hook
         if ns_fd is not None:
             setns(ns_fd, CLONE_NEWNS)
         # Inside the container's file system, hold only what the work needs.
-        prctl.set_no_new_privs(1)
-        prctl.cap_effective.limit(*caps)
-        prctl.cap_permitted.limit(*caps)
+        capabilities.no_new_privs()
+        capabilities.limit(*caps)
         return {"ok": work()}
     except OSError as e:
         text = e.strerror or errno.errorcode.get(e.errno or 0, "error")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-from collections.abc import Iterable
 
 from gpuhook.decide.extras import (
     GATED_FILES,
@@ -20,6 +19,10 @@ from gpuhook.decide.extras import (
 from gpuhook.decide.plan import DriverFile
 from gpuhook.errors import HostError
 from gpuhook.host.proc import PROC_DEVICES, HostPaths, parse_proc_devices
+from gpuhook.record import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 MAX_DIR_ENTRIES = 1 << 16
 

@@ -21,10 +21,10 @@ name the loader looks up (a SONAME or a dev-link name), the value the path ldcon
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from gpuhook.errors import HostError
 from gpuhook.limits import MAX_LD_CACHE_BYTES
+from gpuhook.record import dataclass
 
 OLD_MAGIC = b"ld.so-1.7.0"
 NEW_MAGIC = b"glibc-ld.so.cache1.1"

@@ -5,14 +5,15 @@ Parsers take text and are pure; the readers are thin wrappers over `HostPaths`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-
 from gpuhook.decide.facts import Capability, Majors
 from gpuhook.errors import HostError
 from gpuhook.files import read_regular
 from gpuhook.limits import MAX_HOST_FILE_BYTES
+from gpuhook.record import TYPE_CHECKING, dataclass
 from gpuhook.text import decimal
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
 
 NVIDIA_FRONTEND_FALLBACK_MAJOR = 195
 PROC_DEVICES = "proc/devices"

@@ -16,7 +16,6 @@ Stale or malformed: the facts are not used and discovery runs live (noted in the
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from gpuhook.config import Config
 from gpuhook.decide.driver import CONFIG_FILES, FIRMWARE_DIR
@@ -25,6 +24,10 @@ from gpuhook.decide.plan import DRIVER_KINDS, DriverFile
 from gpuhook.errors import HostError
 from gpuhook.host.driver import BIN_DIRS, CONFIG_ROOTS, LD_CACHE, discover_driver
 from gpuhook.host.proc import HostPaths
+from gpuhook.record import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def watched_dirs(version: str) -> tuple[str, ...]:

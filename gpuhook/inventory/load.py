@@ -7,11 +7,13 @@ or the fake inventory YAML. Either way the caller learns which, for the decision
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from gpuhook.config import Config
 from gpuhook.decide.facts import DriverFacts
 from gpuhook.inventory.model import Inventory
+from gpuhook.record import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 NVML = "nvml"
 

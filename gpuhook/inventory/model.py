@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, TypeVar
-
 from gpuhook.errors import InputError
+from gpuhook.record import TYPE_CHECKING, dataclass
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any, TypeVar
 
 # The brand names libnvidia-container gives nvmlDeviceGetBrand's answers (src/driver.c
 # driver_get_device_brand_1_svc, NVIDIA/libnvidia-container at 947344949f26): QUADRO, TESLA,
@@ -16,7 +16,11 @@ from gpuhook.errors import InputError
 BRANDS = ("Quadro", "Tesla", "NVS", "GRID", "GeForce", "TITAN", "Unknown")
 # The compute capability as libnvidia-container prints it ("%u.%u" of
 # nvmlDeviceGetCudaComputeCapability, src/driver.c driver_get_device_arch).
-ARCH = re.compile(r"[0-9]{1,4}\.[0-9]{1,4}")
+def is_arch(text: str) -> bool:
+    """`text` is "<1-4 digits>.<1-4 digits>" (ASCII), the form libnvidia-container prints."""
+    major, dot, minor = text.partition(".")
+    return bool(dot) and all(0 < len(p) <= 4 and p.isascii() and p.isdigit()
+                             for p in (major, minor))
 
 
 @dataclass(frozen=True)
@@ -123,7 +127,7 @@ def _gpu(raw: object, where: str) -> Gpu:
 
 def _arch(g: Mapping[str, object], where: str) -> str | None:
     arch = _field(g, "arch", str, where) if "arch" in g else None
-    if arch is not None and not ARCH.fullmatch(arch):
+    if arch is not None and not is_arch(arch):
         raise InputError(f"{where}: arch {arch[:40]!r} must be a compute capability like "
                          "\"8.0\"")
     return arch
@@ -160,7 +164,8 @@ def _mapping(raw: object, where: str) -> Mapping[str, object]:
 
 
 _MISSING = object()
-T = TypeVar("T")
+if TYPE_CHECKING:
+    T = TypeVar("T")
 
 
 def _field(m: Mapping[str, object], key: str, kind: type[T], where: str,

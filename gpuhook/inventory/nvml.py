@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import contextlib
 from types import ModuleType
-from typing import Any
 
 from gpuhook.errors import NvmlError
-from gpuhook.inventory.model import ARCH, Gpu, Inventory, MigDevice
+from gpuhook.inventory.model import Gpu, Inventory, MigDevice, is_arch
+from gpuhook.record import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 # NVML return codes (nvml.h), so the mapping holds whatever the module's class names are.
 _ADVICE = {
@@ -157,7 +160,7 @@ def _arch(value: object) -> str:
             or not all(type(v) is int and v >= 0 for v in value)):
         raise NvmlError(f"NVML returned compute capability {value!r}")
     arch = f"{value[0]}.{value[1]}"
-    if not ARCH.fullmatch(arch):
+    if not is_arch(arch):
         raise NvmlError(f"NVML returned compute capability {value!r}")
     return arch
 

@@ -46,12 +46,11 @@ and resolves them (runtime/pipeline.py), so an error lists everything that exist
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import time
-from typing import Any
 
+from gpuhook import fastjson
 from gpuhook.config import Config
 from gpuhook.decide.facts import DriverFacts
 from gpuhook.errors import GpuhookError, HostError
@@ -66,6 +65,10 @@ from gpuhook.host.proc import (
 )
 from gpuhook.inventory.driver_snapshot import driver_record, fresh_driver
 from gpuhook.inventory.model import Inventory
+from gpuhook.record import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 # /3: a header line and sections (one per GPU, the uuid index, the big watched files), so that a
 # start parses and checks only the GPUs its request names. A /2 (one JSON document) or /1
@@ -354,7 +357,7 @@ def write_snapshot(path: str, snapshot: dict[str, Any]) -> None:
 #   other_minors: JSON, the mig-minors entries of GPUs the inventory does not have.
 
 def _json(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+    return fastjson.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
 
 def _owner(name: str) -> int | None:
@@ -430,7 +433,7 @@ class _File:
             head += self.read(len(head), min(size - len(head), len(head)))
         self.start = len(head) if end < 0 else end + 1
         try:
-            header = json.loads(head[:self.start])
+            header = fastjson.loads(head[:self.start])
         except (ValueError, UnicodeDecodeError):
             raise StaleSnapshot(f"{path} is not valid JSON") from None
         if not isinstance(header, dict) or header.get("format") != FORMAT:
@@ -462,7 +465,7 @@ class _File:
 
     def json_section(self, ref: object, what: str) -> Any:
         try:
-            return json.loads(self.section(ref, what))
+            return fastjson.loads(self.section(ref, what))
         except (ValueError, UnicodeDecodeError):
             raise StaleSnapshot(f"{self.path}: {what} is not valid JSON") from None
 

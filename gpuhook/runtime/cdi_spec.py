@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
-from typing import Any
 
 from gpuhook.atomic import write_atomic
 from gpuhook.config import Config
@@ -32,6 +29,11 @@ from gpuhook.decide.extras import ExtraFacts
 from gpuhook.decide.facts import Capability, HostInfo
 from gpuhook.decide.plan import Plan
 from gpuhook.errors import GpuhookError, HostError, InputError
+from gpuhook.record import TYPE_CHECKING, dataclass, replace
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from typing import Any
 
 # Where podman 4.x, containerd >= 1.7 and CRI-O look for specs (CDI's default spec dirs).
 CDI_DIRS = ("/etc/cdi", "/var/run/cdi")

@@ -18,12 +18,15 @@ the inventory; only `host-root` and `ldconfig` come from the config.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+
+from gpuhook import fastjson
+from gpuhook.record import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from gpuhook.decide.plan import Plan
     from gpuhook.enforce.driver import DriverWork
 
@@ -43,7 +46,7 @@ def driver_arg(plan: Plan, library_dir: tuple[str, str] | None = None) -> str:
                             "proc_driver_gpus": list(plan.proc_driver_gpus)}
     if library_dir is not None:
         data["library_dir"] = list(library_dir)
-    return json.dumps(data, separators=(",", ":"), sort_keys=True)
+    return fastjson.dumps(data, separators=(",", ":"), sort_keys=True)
 
 
 def hook_args(plan: Plan, config_path: str | None,
@@ -61,7 +64,8 @@ def parse_library_dir(text: str) -> tuple[str, str] | None:
     from gpuhook.errors import InputError
 
     try:
-        value = json.loads(text).get("library_dir")
+        doc: Any = fastjson.loads(text)
+        value = doc.get("library_dir")
     except (ValueError, AttributeError):
         return None  # parse_driver_arg names the problem
     if value is None:
@@ -79,7 +83,7 @@ def parse_driver_arg(text: str) -> DriverWork:
     if len(text) > MAX_DRIVER_ARG:
         raise InputError(f"--driver is {len(text)} bytes, more than {MAX_DRIVER_ARG}")
     try:
-        data = json.loads(text)
+        data: Any = fastjson.loads(text)
         links = tuple((str(k), str(p), str(t)) for k, p, t in data["symlinks"])
         kinds = tuple(str(k) for k in data["library_kinds"])
         ldcache = data["update_ldcache"]

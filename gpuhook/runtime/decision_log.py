@@ -4,16 +4,18 @@ it) and never through a symlink, a FIFO or a device: such a path is reported, no
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
 
+from gpuhook import fastjson
+from gpuhook.record import TYPE_CHECKING
 from gpuhook.text import escape
 
 if TYPE_CHECKING:  # the createContainer hook logs without importing the decision stages
+    from collections.abc import Mapping
+    from typing import Any
+
     from gpuhook.decide.plan import Plan
 
 LOG_MODE = 0o600
@@ -27,7 +29,7 @@ def log_decision(path: str, record: dict[str, Any]) -> str | None:
 
     stamped = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record}
     # ensure_ascii: control characters, line separators and lone surrogates become \u escapes.
-    line = json.dumps(bounded_record(stamped), separators=(",", ":"), default=str) + "\n"
+    line = fastjson.dumps(bounded_record(stamped), separators=(",", ":"), default=str) + "\n"
     try:
         os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -4,48 +4,17 @@ whether the container could have asked for anything at all.
 `import json` costs about 5.7 ms on Debian's python3.11 (json.decoder pulls in `re` and `enum`),
 half of the interpreter's whole start-up, and this path runs on every container start on the
 node. So the documents are parsed by the C scanner that `json` itself uses (`_json`), driven
-directly; any error falls back to the full, validating path, which uses `json` and names the
-problem. No `typing` import here either (~7 ms), nor `__future__`: the annotations here are
-valid at run time. Measured in bench/run (P1, importtime).
+directly (gpuhook/fastjson.py); any error falls back to the full, validating path, which uses
+`json` and names the problem. No `typing` import here either (~7 ms), nor `__future__`: the
+annotations here are valid at run time. Measured in bench/run (P1, importtime).
 """
 
+from gpuhook.fastjson import loads
 from gpuhook.limits import DEV_NULL, MAX_SPEC_BYTES, MAX_STATE_BYTES
 from gpuhook.runtime.early import DEFAULT_VOLUME_MOUNT_ROOT
 
 __all__ = ["DEV_NULL", "MAX_SPEC_BYTES", "MAX_STATE_BYTES", "loads", "might_request"]
 
-_WS = " \t\n\r"
-
-
-class _Ctx:
-    # The attributes the C scanner reads from json.JSONDecoder.
-    strict = True
-    object_hook = None
-    object_pairs_hook = None
-    parse_float = float
-    parse_int = int
-    parse_constant = float
-
-
-def loads(data: bytes) -> object:
-    """json.loads for bytes, without importing json. Raises ValueError on anything odd."""
-    try:
-        import _json
-    except ImportError:  # an interpreter without the C accelerator
-        import json
-
-        return json.loads(data)
-    try:
-        text = data.decode("utf-8")
-        start = len(text) - len(text.lstrip(_WS))
-        obj, end = _json.make_scanner(_Ctx())(text, start)  # type: ignore[arg-type]
-    except Exception as e:
-        # On bad input the scanner raises StopIteration, or a SystemError when json.decoder
-        # (where its error class lives) is not loaded: either way, not ours to explain here.
-        raise ValueError(f"not JSON: {type(e).__name__}") from None
-    if text[end:].strip(_WS):
-        raise ValueError("extra data after the JSON document")
-    return obj
 
 
 def might_request(spec: object, roots: "tuple[str, ...]" = (DEFAULT_VOLUME_MOUNT_ROOT,)) -> bool:

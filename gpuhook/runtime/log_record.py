@@ -5,10 +5,7 @@ may make the log leak a secret or grow without bound."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
-from typing import Any
-
+from gpuhook import fastjson
 from gpuhook.decide.request import (
     ENV_CUDA_VERSION,
     ENV_DISABLE_REQUIRE,
@@ -19,6 +16,11 @@ from gpuhook.decide.request import (
     ENV_VISIBLE,
 )
 from gpuhook.limits import MAX_MESSAGE_CHARS
+from gpuhook.record import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
 
 # The env keys gpuhook acts on (decide/request.py reads exactly these, plus NVIDIA_REQUIRE_*):
 # images carry API keys and tokens under the NVIDIA_ prefix too, so the list is closed.
@@ -86,7 +88,7 @@ def _bound(value: Any, depth: int) -> Any:
         return value
     if depth >= 3:
         return cut(str(value))
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):  # every mapping gpuhook logs is one; other objects: text
         items = list(value.items())[:MAX_LOG_ITEMS]
         return {cut(str(k), 64): _bound(v, depth + 1) for k, v in items}
     if isinstance(value, (list, tuple)):
@@ -95,4 +97,4 @@ def _bound(value: Any, depth: int) -> Any:
 
 
 def _size(value: Any) -> int:
-    return len(json.dumps(value, separators=(",", ":"), default=str))
+    return len(fastjson.dumps(value, separators=(",", ":"), default=str))

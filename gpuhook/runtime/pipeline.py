@@ -6,9 +6,6 @@ asks for nothing costs no NVML and no YAML.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import replace
-
 from gpuhook.config import Config
 from gpuhook.decide.cdi_request import cdi_requests
 from gpuhook.decide.dev_mounts import node_mount_conflicts
@@ -26,6 +23,10 @@ from gpuhook.host.proc import (
     read_mig_minors,
 )
 from gpuhook.inventory.model import Inventory
+from gpuhook.record import TYPE_CHECKING, replace
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 
 def plan_for_spec(spec: SpecView, config: Config) -> Plan:

@@ -4,12 +4,12 @@ state and spec, compute the Plan, apply it, and log the decision (runtime/hook.p
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from gpuhook.config import Config, load_config_lenient
 from gpuhook.decide.spec import MAX_SPEC_BYTES, parse_spec, parse_state
 from gpuhook.errors import ApplyError, GpuhookError
 from gpuhook.limits import MAX_MESSAGE_CHARS
+from gpuhook.record import TYPE_CHECKING
 from gpuhook.runtime import broken_config
 from gpuhook.runtime.bundle import read_limited
 from gpuhook.runtime.decision_log import log_decision, plan_record
@@ -17,6 +17,9 @@ from gpuhook.runtime.pipeline import plan_for_spec
 from gpuhook.runtime.pod import pod_identity
 from gpuhook.runtime.stderr import write_stderr
 from gpuhook.text import escape
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def run(config_path: str | None, state_raw: bytes, spec_raw: bytes | None,
@@ -38,10 +41,10 @@ def run(config_path: str | None, state_raw: bytes, spec_raw: bytes | None,
         return e.exit_code
     finally:
         if len(record) > 1 and not write_log:
-            import json
+            from gpuhook import fastjson
 
             write_stderr(f"gpuhook: run by hand (a terminal): not written to {config.log_file} "
-                         f"(add --log to write it): {json.dumps(record, default=str)}")
+                         f"(add --log to write it): {fastjson.dumps(record, default=str)}")
         elif len(record) > 1:
             failed = log_decision(config.log_file, record)
             if failed:

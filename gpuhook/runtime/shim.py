@@ -236,8 +236,7 @@ def prepare_bundle(path: str, raw: bytes, config: Config, record: dict[str, Any]
     Returns what happened: "untouched" (empty plan, or already edited) or "edited".
     `problems`: why the config did not load (`config` is then the lenient one): the spec is
     never edited, and a request gpuhook would act on is refused (broken_config.py)."""
-    import json
-
+    from gpuhook import fastjson
     from gpuhook.decide.spec import decode_json, spec_view
     from gpuhook.runtime import spec_edit
     from gpuhook.runtime.decision_log import plan_record
@@ -277,7 +276,7 @@ def prepare_bundle(path: str, raw: bytes, config: Config, record: dict[str, Any]
     if edited == spec:
         return "untouched"  # idempotent: already carries the plan; no rewrite
     try:
-        data = json.dumps(edited, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        data = fastjson.dumps(edited, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except ValueError:
         from gpuhook.errors import InputError
 
@@ -290,7 +289,7 @@ def prepare_bundle(path: str, raw: bytes, config: Config, record: dict[str, Any]
     except UnicodeEncodeError:
         # A lone surrogate (`"\ud800"` in the JSON) has no UTF-8 form: write it back escaped,
         # as it came in, which Go's decoder in runc reads exactly as before.
-        encoded = json.dumps(edited, separators=(",", ":"), allow_nan=False).encode()
+        encoded = fastjson.dumps(edited, separators=(",", ":"), allow_nan=False).encode()
     write_atomic(path, encoded)
     return "edited"
 
@@ -359,12 +358,12 @@ def gpuhook_executable(argv0: str | None = None) -> str:
 def runtime_log_line(message: str, log_format: str, now: float | None = None,
                      level: str = "error") -> str:
     """One line as runc's logrus writes it (containerd reads the last error from it)."""
-    import json
+    from gpuhook import fastjson
 
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if now is None else now))
     if log_format == "json":
-        return json.dumps({"level": level, "msg": message, "time": stamp}) + "\n"
-    return f"time={json.dumps(stamp)} level={level} msg={json.dumps(message)}\n"
+        return fastjson.dumps({"level": level, "msg": message, "time": stamp}) + "\n"
+    return f"time={fastjson.dumps(stamp)} level={level} msg={fastjson.dumps(message)}\n"
 
 
 def write_runtime_log(message: str, inv: Invocation, level: str = "error") -> bool:

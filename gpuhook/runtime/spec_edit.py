@@ -25,13 +25,13 @@ Hook mode adds a prestart hook running `gpuhook hook prestart` instead.
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
-from typing import Any
-
 from gpuhook.decide.plan import Plan, mount_options
 from gpuhook.enforce.libdir import LibDir, destination
 from gpuhook.errors import InputError
+from gpuhook.record import TYPE_CHECKING, dataclass
+
+if TYPE_CHECKING:
+    from typing import Any
 
 HOOK_ARGS = ("gpuhook", "hook", "prestart")
 HOOK_ENV = ("PATH=/usr/sbin:/usr/bin:/sbin:/bin",)
@@ -46,7 +46,20 @@ class DriverEdit:
     hook_path: str  # the gpuhook executable
     hook_args: tuple[str, ...]  # gpuhook hook create-container ... (runtime.create_container)
 
-JsonObj = dict[str, Any]
+JsonObj = dict[str, "Any"]  # Any only to mypy: typing is not imported at run time
+
+
+def _json_copy(spec: JsonObj) -> JsonObj:
+    """A deep copy of parsed JSON (dicts, lists and scalars), without `copy`'s import cost."""
+    return {k: _json_value(v) for k, v in spec.items()}
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    return value
 
 
 class SpecShapeError(InputError):
@@ -56,7 +69,7 @@ class SpecShapeError(InputError):
 def apply_plan(spec: JsonObj, plan: Plan, driver: DriverEdit | None = None) -> JsonObj:
     """Spec mode: the plan's device nodes, cgroup allow rules and env, written into a copy;
     with driver files also their mounts and the createContainer hook (`driver` required)."""
-    out = copy.deepcopy(spec)
+    out = _json_copy(spec)
     if plan.empty and not plan.env and not plan.mounts:
         return out
     linux = _table(out, "linux", "linux")
@@ -120,7 +133,7 @@ def _add_driver(spec: JsonObj, plan: Plan, driver: DriverEdit) -> None:
 def apply_hook(spec: JsonObj, plan: Plan, hook_path: str,
                args: tuple[str, ...] = HOOK_ARGS) -> JsonObj:
     """Hook mode: the plan's env (a prestart hook cannot set env) and the prestart hook."""
-    out = copy.deepcopy(spec)
+    out = _json_copy(spec)
     if plan.env:
         env = _list(_table(out, "process", "process"), "env", "process.env")
         for key, value in plan.env:
@@ -132,7 +145,7 @@ def add_prestart_hook(spec: JsonObj, hook_path: str, args: tuple[str, ...] = HOO
                       env: tuple[str, ...] = HOOK_ENV) -> JsonObj:
     """A prestart hook running gpuhook, added once: a hook whose path is `hook_path` and whose
     args start with `gpuhook hook prestart` counts as already there."""
-    out = copy.deepcopy(spec)
+    out = _json_copy(spec)
     hooks = _table(out, "hooks", "hooks")
     prestart = _list(hooks, "prestart", "hooks.prestart")
     for h in prestart:

@@ -13,7 +13,7 @@ DECIDE = Path(__file__).resolve().parents[3] / "gpuhook" / "decide"
 # Data models, config and errors are fine; everything else of gpuhook's is a stage that reads,
 # writes or runs something.
 ALLOWED_GPUHOOK = ("gpuhook.decide", "gpuhook.errors", "gpuhook.config", "gpuhook.limits",
-                   "gpuhook.inventory.model", "gpuhook.text")
+                   "gpuhook.inventory.model", "gpuhook.text", "gpuhook.record", "gpuhook.fastjson")
 # Standard-library modules whose use is computation only.
 ALLOWED_STDLIB = {"__future__", "collections", "collections.abc", "dataclasses", "typing", "re",
                   "json", "enum", "functools", "itertools", "posixpath", "string", "types"}

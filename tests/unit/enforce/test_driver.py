@@ -66,9 +66,9 @@ def _plan(host: Path, **over: object) -> object:
     fields = {"driver_files": files, "symlinks": links, "update_ldcache": True,
               "proc_driver_gpus": ()}
     fields.update(over)
-    import dataclasses
+    from gpuhook import record
 
-    return dataclasses.replace(base, **fields)  # type: ignore[arg-type]
+    return record.replace(base, **fields)  # type: ignore[arg-type]
 
 
 def _image(root: Path) -> Path:

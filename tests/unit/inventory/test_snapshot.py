@@ -12,7 +12,7 @@ import os
 import shutil
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -40,6 +40,7 @@ from gpuhook.inventory.snapshot import (
     read_snapshot,
     write_snapshot,
 )
+from gpuhook.record import replace
 from gpuhook.runtime.pipeline import plan_for_spec
 from tests.conftest import HOSTS, INVENTORIES
 

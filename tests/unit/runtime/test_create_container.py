@@ -3,18 +3,18 @@ read back exactly, and every malformed form refused with one line before any wor
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
 
+from gpuhook import record
 from gpuhook.decide.plan import DriverFile, Symlink
 from gpuhook.enforce.driver import DriverWork
 from gpuhook.errors import InputError
 from gpuhook.runtime import create_container as cc
 from tests.unit import specs
 
-PLAN = dataclasses.replace(
+PLAN = record.replace(
     specs.plan(specs.spec(ids=["1:0"])),
     driver_files=(DriverFile("library", "/h/libcuda.so.550.1", "libcuda.so.550.1"),
                   DriverFile("library32", "/h32/libcuda.so.550.1", "libcuda.so.550.1"),

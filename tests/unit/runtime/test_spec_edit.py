@@ -4,12 +4,12 @@ that nothing gpuhook does not know about is lost."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 from typing import Any
 
 import pytest
 
+from gpuhook import record
 from gpuhook.decide.plan import DriverFile, Plan, Symlink
 from gpuhook.enforce.libdir import LibDir
 from gpuhook.errors import InputError
@@ -179,7 +179,7 @@ def test_edited_spec_is_plain_json() -> None:
 
 def _driver_plan() -> Plan:
     base = specs.plan(specs.spec(ids=["3"]))
-    return dataclasses.replace(
+    return record.replace(
         base, driver_files=(DriverFile("library", "/h/libcuda.so.9.9", "libcuda.so.9.9"),
                             DriverFile("socket", "/h/run/s", "/run/s")),
         symlinks=(Symlink("library", "libcuda.so.1", "libcuda.so.9.9"),), update_ldcache=True)

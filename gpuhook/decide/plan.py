@@ -159,11 +159,12 @@ def build_plan(decision: Decision, devices: tuple[Resolved, ...], host: HostInfo
     nodes: list[DeviceNode] = []
     rules: list[CgroupRule] = []
     planned: list[PlannedDevice] = []
+    seen: set[tuple[str, int, int, int]] = set()  # the nodes' fields: `in nodes` is O(n) each
 
     def add(path: str, major: int, minor: int, mode: int, access: str) -> None:
-        node = DeviceNode(path, "c", major, minor, mode)
-        if node not in nodes:
-            nodes.append(node)
+        if (path, major, minor, mode) not in seen:
+            seen.add((path, major, minor, mode))
+            nodes.append(DeviceNode(path, "c", major, minor, mode))
             rules.append(CgroupRule("c", major, minor, access))
 
     def add_cap(name: str) -> str:

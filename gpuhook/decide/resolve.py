@@ -44,9 +44,14 @@ class Resolved:
 def resolve(ids: Iterable[str], inv: Inventory, allow_full_gpu_on_mig: bool
             ) -> tuple[Resolved, ...]:
     out: list[Resolved] = []
+    # (GPU index, MIG index): unique in an inventory, so equal keys are equal devices; `in out`
+    # would compare whole dataclasses, O(n^2) for `all` on a big node.
+    seen: set[tuple[int, int | None]] = set()
     for device_id in ids:
         for dev in _resolve_one(device_id, inv, allow_full_gpu_on_mig):
-            if dev not in out:
+            key = (dev.gpu.index, None if dev.mig is None else dev.mig.index)
+            if key not in seen:
+                seen.add(key)
                 out.append(dev)
     return tuple(out)
 

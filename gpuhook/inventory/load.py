@@ -38,19 +38,30 @@ def load_with_driver(config: Config, read: Callable[[Config], Inventory] | None 
                      ) -> tuple[Inventory, str, dict[str, int] | None, DriverFacts | None]:
     """load_for_plan plus the snapshot's driver files when they are fresh too (None: the
     caller discovers them live; the note says why)."""
-    from gpuhook.inventory.snapshot import StaleSnapshot, fresh_snapshot_driver
+    inventory, note, minors, driver, _ = load_for_request(config, None, read)
+    return inventory, note, minors, driver
+
+
+def load_for_request(config: Config, ids: list[str] | tuple[str, ...] | None,
+                     read: Callable[[Config], Inventory] | None = None,
+                     ) -> tuple[Inventory, str, dict[str, int] | None, DriverFacts | None, bool]:
+    """load_with_driver for a request for `ids` (None: everything). From a fresh snapshot the
+    inventory may be partial (the last item True): only the GPUs the ids name, so a start on
+    a big node parses and checks one GPU, not all (snapshot.fresh_for_request). A partial
+    inventory that does not resolve the ids is no verdict: load again with None."""
+    from gpuhook.inventory.snapshot import StaleSnapshot, fresh_for_request
 
     try:
-        inventory, minors, driver, why_not = fresh_snapshot_driver(config)
+        inventory, minors, driver, why_not, partial = fresh_for_request(config, ids)
     except StaleSnapshot as e:
         why = str(e)
     else:
         note = f"inventory: fresh snapshot {config.inventory_cache}"
         if config.driver_files and driver is None:
             note += f"; driver files discovered live ({why_not})"
-        return inventory, note, minors, driver
+        return inventory, note, minors, driver, partial
     return ((read or read_backend)(config),
-            f"inventory: read {_backend_name(config)} ({why})", None, None)
+            f"inventory: read {_backend_name(config)} ({why})", None, None, False)
 
 
 def read_backend(config: Config) -> Inventory:

@@ -68,15 +68,11 @@ def gpu_plan(spec: SpecView, config: Config) -> Plan:
     # still checked).
     wants_driver = bool(decision.driver_capabilities) and config.driver_files
     if decision.device_ids or decision.requirements or wants_driver:
-        from gpuhook.inventory.load import load_with_driver
-
         # The snapshot if fresh (with its parsed mig-minors and driver files), else the backend;
-        # noted either way.
-        inv, origin, minors, snapshot_driver = load_with_driver(config)
+        # noted either way. From the snapshot, only the GPUs the ids name.
+        inv, origin, minors, snapshot_driver, devices = _load_and_resolve(decision.device_ids,
+                                                                          config)
         notes.append(origin)
-    if decision.device_ids:
-        assert inv is not None
-        devices = resolve(decision.device_ids, inv, config.allow_full_gpu_on_mig_enabled)
     if decision.requirements:
         assert inv is not None
         # Per granted device (arch, brand); with none, once (cuda, driver).
@@ -101,3 +97,25 @@ def gpu_plan(spec: SpecView, config: Config) -> Plan:
         facts = snapshot_driver or discover_driver(host, inv.driver_version)
         info = replace(info, driver=facts, sockets=discover_sockets(host))
     return build_plan(decision, devices, info, tuple(notes))
+
+
+def _load_and_resolve(ids: tuple[str, ...], config: Config
+                      ) -> tuple[Inventory, str, Mapping[str, int] | None, DriverFacts | None,
+                                 tuple[Resolved, ...]]:
+    """The inventory for `ids` and the devices they name. A partial inventory (a fresh
+    snapshot's GPUs that the ids name) resolves them as the whole one would; when it does not,
+    the whole inventory is loaded and answers (its error names everything that exists)."""
+    from gpuhook.errors import ResolveError
+    from gpuhook.inventory.load import load_for_request
+
+    inv, origin, minors, driver, partial = load_for_request(config, ids)
+    if not ids:
+        return inv, origin, minors, driver, ()
+    try:
+        return inv, origin, minors, driver, resolve(ids, inv,
+                                                    config.allow_full_gpu_on_mig_enabled)
+    except ResolveError:
+        if not partial:
+            raise
+    inv, origin, minors, driver, _ = load_for_request(config, None)
+    return inv, origin, minors, driver, resolve(ids, inv, config.allow_full_gpu_on_mig_enabled)

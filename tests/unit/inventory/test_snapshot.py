@@ -23,16 +23,24 @@ from gpuhook.config import Config
 from gpuhook.decide.spec import parse_spec
 from gpuhook.errors import HostError, ResolveError
 from gpuhook.host.proc import HostPaths, read_mig_minors
-from gpuhook.inventory.load import load_for_plan, load_inventory_noted, read_backend
+from gpuhook.inventory.load import (
+    load_for_plan,
+    load_for_request,
+    load_inventory_noted,
+    read_backend,
+)
 from gpuhook.inventory.model import Inventory
 from gpuhook.inventory.snapshot import (
     FORMAT,
     StaleSnapshot,
     build_snapshot,
+    decode_snapshot,
+    encode_snapshot,
     fresh_inventory,
     read_snapshot,
     write_snapshot,
 )
+from gpuhook.record import replace
 from gpuhook.runtime.pipeline import plan_for_spec
 from tests.conftest import HOSTS, INVENTORIES
 
@@ -297,6 +305,135 @@ def test_stale_snapshot_leaves_mig_minors_to_the_host(node: Node) -> None:
     assert minors is None
 
 
+# --- a start reads only the GPUs its request names ----------------------------------------------
+
+# Below GPU 1's own dir: only a request that needs GPU 1 looks there.
+GPU1_TREE_CHANGES = [
+    pytest.param(_remove(f"{CAPS}/gpu1/mig/gi7"), id="a destroyed MIG instance on GPU 1"),
+    pytest.param(_mkdir(f"{CAPS}/gpu1/mig/gi1/ci0"), id="a created MIG instance on GPU 1"),
+    pytest.param(_remove(f"{CAPS}/gpu1/mig/gi7/ci0"), id="a destroyed compute instance on GPU 1"),
+]
+
+
+@pytest.mark.parametrize("change", [
+    *GPU1_TREE_CHANGES,
+    # The GPU dirs' names are checked on every start: this one is stale for every request.
+    pytest.param(_remove(f"{CAPS}/gpu1"), id="GPU 1's capability dir gone"),
+])
+@pytest.mark.parametrize("ids", [["1:0"], [GPU1_MIG_UUID], ["1:0", "3"], ["all"]],
+                         ids=["by MIG index", "by MIG uuid", "with another GPU", "all"])
+def test_a_request_on_a_gpu_whose_mig_tree_changed_reads_the_backend(
+        node: Node, change: Callable[[Node], None], ids: list[str]) -> None:
+    node.refresh()
+    change(node)
+    _, note, _, _, partial = load_for_request(node.config, ids, node.backend)
+    assert node.reads == [str(node.yaml)] and not partial
+    assert "MIG capability tree changed" in note and "gpu1" in note
+
+
+@pytest.mark.parametrize("ids", [["3"], ["0:2"], ["1:0"]])
+def test_a_gpu_capability_dir_that_appears_is_stale_for_every_request(
+        node: Node, ids: list[str]) -> None:
+    node.refresh()
+    (node.host / CAPS / "gpu9/mig").mkdir(parents=True)
+    _, note, _, _, partial = load_for_request(node.config, ids, node.backend)
+    assert node.reads == [str(node.yaml)] and not partial
+    assert "MIG capability tree changed" in note
+
+
+@pytest.mark.parametrize("change", GPU1_TREE_CHANGES)
+@pytest.mark.parametrize("ids", [["3"], ["0:2"], ["GPU-0090A0DD-8667-54DF-9905-315C8492EEDE"]],
+                         ids=["GPU index", "MIG index", "GPU uuid"])
+def test_a_request_on_another_gpu_keeps_the_snapshot_and_reads_only_its_gpu(
+        node: Node, change: Callable[[Node], None], ids: list[str]) -> None:
+    node.refresh()
+    change(node)
+    inventory, note, minors, _, partial = load_for_request(node.config, ids, node.backend)
+    assert (node.reads, note, partial) == ([], f"inventory: fresh snapshot {node.cache}", True)
+    whole = read_backend(node.config)
+    wanted = 3 if ids == ["3"] else 0
+    assert inventory.gpus == (whole.gpus[wanted],)
+    assert (inventory.driver_version, inventory.cuda_version) == (whole.driver_version,
+                                                                  whole.cuda_version)
+    host_minors = read_mig_minors(HostPaths(str(node.host)))
+    assert minors is not None
+    assert minors == {name: minor for name, minor in host_minors.items()
+                      if name.startswith(f"gpu{wanted}/") or "/" not in name}
+
+
+def _request(ids: list[str]) -> bytes:
+    return json.dumps({
+        "ociVersion": "1.0.2",
+        "process": {"args": ["sh"], "env": ["PATH=/bin"], "cwd": "/"},
+        "root": {"path": "rootfs"},
+        "mounts": [{"destination": f"/var/run/nvidia-container-devices/{i}", "type": "bind",
+                    "source": "/dev/null"} for i in ids],
+    }).encode()
+
+
+MANY_UUIDS = [GPU1_MIG_UUID, "GPU-6EAAE5D6-FED8-5DF3-83E2-2BAFA8032E65",
+              "MIG-8e511436-4461-5e6a-9bcc-626d0798fb1e"] * 12  # past MANY_IDS: a parsed index
+
+
+@pytest.mark.parametrize("ids", [
+    ["1:6"], [GPU1_MIG_UUID], ["3", "0:1"], ["all"], ["0000:47:00.0"],
+    ["GPU-6EAAE5D6-FED8-5DF3-83E2-2BAFA8032E65"], MANY_UUIDS,
+], ids=["MIG index", "MIG uuid", "two GPUs", "all", "PCI bus id", "GPU uuid in capitals",
+        "many uuids"])
+def test_the_plan_from_a_partial_snapshot_is_the_plan_from_the_backend(
+        node: Node, ids: list[str]) -> None:
+    no_snapshot = plan_for_spec(parse_spec(_request(ids)), node.config)
+    node.refresh()
+    from_snapshot = plan_for_spec(parse_spec(_request(ids)), node.config)
+    assert f"inventory: fresh snapshot {node.cache}" in from_snapshot.notes
+    assert from_snapshot.devices
+    assert replace(from_snapshot, notes=()) == replace(no_snapshot, notes=())
+
+
+@pytest.mark.parametrize("wanted", ["8", "1:7", "MIG-00000000-0000-4000-8000-000000000000",
+                                    "GPU-00000000-0000-4000-8000-000000000000", "2:0", "1"],
+                         ids=["unknown GPU index", "unknown MIG index", "unknown MIG uuid",
+                              "unknown GPU uuid", "MIG index on a GPU without MIG",
+                              "whole GPU in MIG mode"])
+def test_an_unresolvable_id_gets_the_whole_inventorys_error(node: Node, wanted: str) -> None:
+    with pytest.raises(ResolveError) as without:
+        plan_for_spec(parse_spec(_request([wanted])), node.config)
+    node.refresh()
+    with pytest.raises(ResolveError) as with_snapshot:
+        plan_for_spec(parse_spec(_request([wanted])), node.config)
+    assert str(with_snapshot.value) == str(without.value)
+
+
+def _misplace_uuid(n: Node) -> None:
+    """The uuid index sends GPU 1's first MIG uuid to GPU 0's section."""
+    raw = n.cache.read_bytes()
+    header = json.loads(raw.partition(b"\n")[0])
+    start = raw.index(b"\n") + 1 + header["uuids"][0]
+    entry = f"{GPU1_MIG_UUID.lower()} 1\n".encode()
+    at = raw.index(entry, start)
+    n.cache.write_bytes(raw[:at] + entry.replace(b" 1\n", b" 0\n") + raw[at + len(entry):])
+
+
+@pytest.mark.parametrize("ids", [[GPU1_MIG_UUID], [GPU1_MIG_UUID] * 40],
+                         ids=["one id (index searched)", "many ids (index parsed)"])
+def test_a_wrong_index_entry_is_never_a_grant_of_another_device(node: Node,
+                                                                ids: list[str]) -> None:
+    node.refresh()
+    _misplace_uuid(node)
+    plan = plan_for_spec(parse_spec(_request(ids)), node.config)
+    assert [(d.index, d.uuid) for d in plan.devices] == [("1:0", GPU1_MIG_UUID)]
+
+
+def test_a_snapshot_in_the_one_document_layout_of_format_2_is_refused(node: Node) -> None:
+    node.refresh()
+    doc = read_snapshot(str(node.cache))
+    doc["format"] = "gpuhook-inventory-snapshot/2"
+    node.cache.write_text(json.dumps(doc) + "\n")
+    _, note = node.load()
+    assert node.reads == [str(node.yaml)]
+    assert f"not a {FORMAT} document" in note
+
+
 # --- a snapshot file that is not trustworthy is ignored -----------------------------------------
 
 def _corrupt(text: str) -> Callable[[Node], None]:
@@ -306,10 +443,21 @@ def _corrupt(text: str) -> Callable[[Node], None]:
 
 
 def _edit_doc(edit: Callable[[dict[str, object]], object]) -> Callable[[Node], None]:
+    """Edit the document the file holds and write it back in the file's layout."""
     def change(n: Node) -> None:
-        doc = json.loads(n.cache.read_text())
+        doc = read_snapshot(str(n.cache))
         edit(doc)
-        n.cache.write_text(json.dumps(doc))
+        n.cache.write_bytes(encode_snapshot(doc))
+    return change
+
+
+def _edit_header(edit: Callable[[dict[str, object]], object]) -> Callable[[Node], None]:
+    """Edit the file's header line, leaving its sections as they are."""
+    def change(n: Node) -> None:
+        header, sep, sections = n.cache.read_bytes().partition(b"\n")
+        doc = json.loads(header)
+        edit(doc)
+        n.cache.write_bytes(json.dumps(doc).encode() + sep + sections)
     return change
 
 
@@ -355,7 +503,7 @@ UNTRUSTED = [
     pytest.param(_corrupt("[]"), "not a gpuhook", id="a JSON list is ignored"),
     pytest.param(_edit_doc(lambda d: d.update(format="gpuhook-inventory-snapshot/0")),
                  "not a gpuhook", id="another format version is ignored"),
-    pytest.param(_edit_doc(lambda d: d.pop("key")), "no freshness key",
+    pytest.param(_edit_header(lambda d: d.pop("key")), "no freshness key",
                  id="a snapshot without a key is ignored"),
     pytest.param(_edit_doc(_bad_gpu), "must start with 'GPU-'",
                  id="a snapshot with an invalid inventory is ignored"),
@@ -400,7 +548,7 @@ def test_refresh_replaces_by_rename_so_a_reader_sees_old_or_new_never_half(node:
         old_inode = os.fstat(old_reader.fileno()).st_ino
         (node.host / CAPS / "gpu2/mig/gi1").mkdir(parents=True)
         node.refresh()
-        assert json.loads(old_reader.read())["format"] == FORMAT  # the old file, whole
+        assert decode_snapshot(old_reader.read(), "old")["format"] == FORMAT  # whole
     assert node.cache.stat().st_ino != old_inode
     assert fresh_inventory(node.config) == read_backend(node.config)
 
@@ -461,7 +609,7 @@ def test_cli_refresh_then_show_reports_fresh_then_stale(node: Node) -> None:
 
 def test_snapshot_keeps_arch_and_brand(node: Node) -> None:
     node.refresh()
-    doc = json.loads(node.cache.read_text())
+    doc = read_snapshot(str(node.cache))
     assert {(g["arch"], g["brand"]) for g in doc["inventory"]["gpus"]} == {("8.0", "Unknown")}
     inventory, _ = node.load()
     assert node.reads == [] and {(g.arch, g.brand) for g in inventory.gpus} == {("8.0", "Unknown")}
@@ -471,7 +619,7 @@ def test_a_snapshot_from_before_arch_and_brand_is_refused_not_read_as_unknown(no
     # A /1 snapshot had no arch/brand: read as "unknown" it would turn judged requirements into
     # notes; refused, the backend is read once and gives them.
     node.refresh()
-    doc = json.loads(node.cache.read_text())
+    doc = read_snapshot(str(node.cache))
     doc["format"] = "gpuhook-inventory-snapshot/1"
     for g in doc["inventory"]["gpus"]:
         del g["arch"], g["brand"]

@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import os
 
-from gpuhook.enforce import cgroup, mountapi, nodes, ns, userns
 from gpuhook.errors import ApplyError
 from gpuhook.record import TYPE_CHECKING
 
+# The submodules are imported where they are used, not here: any import of a submodule runs
+# this file first, and the shim's spec edit (enforce.libdir) and the createContainer hook
+# (enforce.driver) need neither the cgroup writer nor the node helper (nor, the shim, ctypes).
 if TYPE_CHECKING:  # annotations only (the createContainer hook skips the decide stages)
     from collections.abc import Callable, Sequence
     from typing import Any
 
     from gpuhook.decide.plan import CgroupRule, Plan
+    from gpuhook.enforce import cgroup, nodes
 
 
 def apply_plan(plan: Plan, pid: int, rootfs: str, *, host_root: str = "/",
@@ -36,6 +39,8 @@ def apply_plan(plan: Plan, pid: int, rootfs: str, *, host_root: str = "/",
     run)."""
     if plan.empty:
         return []
+    from gpuhook.enforce import cgroup
+
     return apply_to(plan, pid, rootfs, cgroup.find_device_cgroup(pid), host_root=host_root,
                     ldconfig=ldconfig)
 
@@ -73,6 +78,8 @@ def apply_to(plan: Plan, pid: int, rootfs: str, target: cgroup.DeviceCgroup, *,
 
 def allow_devices(target: cgroup.DeviceCgroup, rules: Sequence[CgroupRule]) -> list[str]:
     """Allow `rules` in the container's device cgroup; all or nothing."""
+    from gpuhook.enforce import cgroup
+
     if target.version == 1:
         lines = cgroup.allow_v1(target.path, rules)
         return [f"cgroup v1 {target.path}: allow {line}" for line in lines]
@@ -83,9 +90,15 @@ def allow_devices(target: cgroup.DeviceCgroup, rules: Sequence[CgroupRule]) -> l
 
 class _Rootfs:
     """The container rootfs as the hook sees it: its identity and its init's root, both taken
-    before entering the container's mount namespace."""
+    before entering the container's mount namespace, and the functions the helper calls there,
+    imported here, in the hook: a module the helper imported itself would be read from the
+    container's mount namespace."""
 
     def __init__(self, pid: int, rootfs: str) -> None:
+        from gpuhook.enforce import mountapi, nodes
+
+        self._open_root = nodes.open_container_root
+        self.set_fs_ids = mountapi.set_fs_ids
         self.path = rootfs
         try:
             st = os.stat(rootfs)
@@ -97,7 +110,7 @@ class _Rootfs:
                              f"{e.strerror}") from None
 
     def open_in_ns(self) -> int:
-        return nodes.open_container_root(self.path, self.identity, self.init_root)
+        return self._open_root(self.path, self.identity, self.init_root)
 
     def close(self) -> None:
         os.close(self.init_root)
@@ -110,7 +123,7 @@ def _in_ns(root: _Rootfs, work: Callable[[int], Any],
         if fs_ids is not None:
             # The container's root creates (and removes) entries in its own /dev: ids its user
             # namespace maps, no override of its permissions.
-            mountapi.set_fs_ids(*fs_ids)
+            root.set_fs_ids(*fs_ids)
         return work(fd)
     finally:
         os.close(fd)
@@ -118,10 +131,14 @@ def _in_ns(root: _Rootfs, work: Callable[[int], Any],
 
 def _fs_ids(pid: int) -> tuple[int, int] | None:
     """Host ids of the container's root when it has its own user namespace, else None."""
+    from gpuhook.enforce import userns
+
     return userns.host_ids(pid, 0, 0) if userns.has_own_user_namespace(pid) else None
 
 
 def _create_nodes(pid: int, rootfs: str, plan: Plan) -> nodes.NodeReport:
+    from gpuhook.enforce import nodes, ns, userns
+
     node_list = plan.device_nodes
     root = _Rootfs(pid, rootfs)
     staged: nodes.Staged | None = None
@@ -158,6 +175,8 @@ def _undo_driver(pid: int, rootfs: str, report: Any) -> list[str]:
 
 
 def _remove_nodes(pid: int, rootfs: str, report: nodes.NodeReport) -> list[str]:
+    from gpuhook.enforce import nodes, ns
+
     try:
         root = _Rootfs(pid, rootfs)
         try:

@@ -61,29 +61,31 @@ def hook_args(plan: Plan, config_path: str | None,
 def parse_library_dir(text: str) -> tuple[str, str] | None:
     """The fixed library dirs a CDI spec's hook names in `--driver`, if any (checked as paths
     when the hook uses them)."""
-    from gpuhook.errors import InputError
-
     try:
-        doc: Any = fastjson.loads(text)
-        value = doc.get("library_dir")
-    except (ValueError, AttributeError):
+        data = _decode(text)
+    except ValueError:
         return None  # parse_driver_arg names the problem
-    if value is None:
-        return None
-    if (not isinstance(value, list) or len(value) != 2
-            or not all(isinstance(v, str) and 0 < len(v) < 4096 for v in value)):
-        raise InputError("--driver: library_dir must be [64-bit dir, 32-bit dir]")
-    return value[0], value[1]
+    return _library_dir(data)
 
 
 def parse_driver_arg(text: str) -> DriverWork:
+    return parse_driver(text)[0]
+
+
+def parse_driver(text: str) -> tuple[DriverWork, tuple[str, str] | None]:
+    """`--driver`, bounded, then parsed once: the work, and the fixed library dirs of a CDI
+    spec's hook (None: the rootfs's own). InputError names what is wrong."""
     from gpuhook.enforce.driver import DriverWork
     from gpuhook.errors import InputError
 
     if len(text) > MAX_DRIVER_ARG:
         raise InputError(f"--driver is {len(text)} bytes, more than {MAX_DRIVER_ARG}")
     try:
-        data: Any = fastjson.loads(text)
+        data = _decode(text)
+    except ValueError:
+        raise InputError("--driver is not the JSON gpuhook-runtime writes: not a JSON object"
+                         ) from None
+    try:
         links = tuple((str(k), str(p), str(t)) for k, p, t in data["symlinks"])
         kinds = tuple(str(k) for k in data["library_kinds"])
         ldcache = data["update_ldcache"]
@@ -93,7 +95,27 @@ def parse_driver_arg(text: str) -> DriverWork:
     if not isinstance(ldcache, bool) or any(k not in ("library", "library32") for k in kinds):
         raise InputError("--driver: update_ldcache must be a boolean and library_kinds "
                          "'library'/'library32'")
-    return DriverWork((), links, kinds, ldcache, gpus)
+    return DriverWork((), links, kinds, ldcache, gpus), _library_dir(data)
+
+
+def _decode(text: str) -> dict[str, Any]:
+    """The `--driver` object; ValueError when it is not one."""
+    data = fastjson.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def _library_dir(data: dict[str, Any]) -> tuple[str, str] | None:
+    from gpuhook.errors import InputError
+
+    value = data.get("library_dir")
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(v, str) and 0 < len(v) < 4096 for v in value)):
+        raise InputError("--driver: library_dir must be [64-bit dir, 32-bit dir]")
+    return value[0], value[1]
 
 
 def main(args: list[str]) -> int:
@@ -125,13 +147,12 @@ def run(config_path: str | None, driver: str, state_raw: bytes) -> int:
     config: Config | None = None
     try:
         config = load_config(config_path)
-        work = parse_driver_arg(driver)
+        work, fixed = parse_driver(driver)
         cid, bundle, rootfs = read_bundle(state_raw)
         record.update(id=cid, bundle=bundle)
         from gpuhook.enforce.driver import apply_in_current_ns
         from gpuhook.enforce.libdir import fixed_library_dir, library_dir
 
-        fixed = parse_library_dir(driver)
         record["applied"] = apply_in_current_ns(
             work, rootfs, host_root=config.host_root, ldconfig_path=config.ldconfig,
             libdirs=library_dir if fixed is None else fixed_library_dir(*fixed))

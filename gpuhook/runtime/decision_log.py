@@ -25,7 +25,9 @@ def log_decision(path: str, record: dict[str, Any]) -> str | None:
     """Append one line. A log that cannot be written is never fatal (the decision itself is
     already made and enforced): the warning is returned for the caller to put where it belongs
     (the shim: the runtime's --log, never stderr, which is the container's stdio at create)."""
-    from gpuhook.runtime.log_record import bounded_record  # decide/request.py's env names
+    # log_bounds, not log_record: that one loads decide/request.py for its env names, which the
+    # createContainer hook (it logs no env) would import for nothing
+    from gpuhook.runtime.log_bounds import bounded_record
 
     stamped = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record}
     # ensure_ascii: control characters, line separators and lone surrogates become \u escapes.

@@ -8,6 +8,7 @@ import errno
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -216,3 +217,43 @@ def test_a_rootfs_found_neither_at_its_path_nor_as_init_root_is_refused(
             proc.kill()
     assert os.listdir(rootfs / "dev") == []
     assert (cg / "devices.allow").read_text() == ""
+
+
+SPY = """
+import os, sys
+sys.path.insert(0, {repo!r})
+parent, log = os.getpid(), {log!r}
+
+class Spy:
+    # Records every module a process other than this one (a forked helper) looks up.
+    def find_spec(self, name, path=None, target=None):
+        if os.getpid() != parent:
+            with open(log, "a") as f:
+                f.write(name + "\\n")
+        return None
+
+from gpuhook.enforce import apply_to
+from gpuhook.enforce.cgroup import DeviceCgroup
+from tests.unit import specs
+
+plan = specs.plan(specs.spec(ids=["1:0"]))
+sys.meta_path.insert(0, Spy())
+apply_to(plan, int(sys.argv[1]), sys.argv[2], DeviceCgroup(1, sys.argv[3]))
+"""
+
+
+@needs_root
+def test_the_helper_imports_no_module_in_the_containers_mount_namespace(
+        container: tuple[int, Path], tmp_path: Path) -> None:
+    # A module the helper imported after setns would be read from the container's view of
+    # the file system: everything it runs is imported by the hook before the fork.
+    pid, rootfs = container
+    cg = tmp_path / "cgroup"
+    cg.mkdir()
+    (cg / "devices.allow").write_text("")
+    log = tmp_path / "child-imports"
+    repo = str(Path(__file__).resolve().parents[3])
+    subprocess.run([sys.executable, "-c", SPY.format(repo=repo, log=str(log)), str(pid),
+                    str(rootfs), str(cg)], check=True, timeout=60)
+    assert (cg / "devices.allow").read_text()  # the helper ran
+    assert not log.exists(), log.read_text()

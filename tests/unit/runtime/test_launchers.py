@@ -53,6 +53,19 @@ def test_the_shim_runs_site_only_off_its_fast_path(world: World, args: list[str]
     assert ("site" in modules) is site_runs
 
 
+def test_the_shims_spec_edit_loads_no_enforcement_module_but_the_library_dir(
+        world: World) -> None:
+    # spec_edit imports enforce.libdir, which runs enforce/__init__: that package imports its
+    # cgroup writer, node helper and mount API (ctypes) only where the hook uses them
+    gpu = world.bundle(specs.spec(ids=("3",)), name="gpu")
+    result = world.shim("create", "-b", str(gpu), "c1", importtime=True)
+    assert result.returncode == 7, result.stderr
+    modules = imported_modules(result.stderr)
+    assert "gpuhook.enforce.libdir" in modules
+    assert not {"ctypes", "gpuhook.enforce.cgroup", "gpuhook.enforce.nodes",
+                "gpuhook.enforce.ns", "gpuhook.enforce.mountapi"} & modules
+
+
 def test_the_cli_runs_the_deferred_site_and_finds_its_dependencies() -> None:
     r = subprocess.run([*interpreter_line(GPUHOOK), "-X", "importtime", str(GPUHOOK),
                         "--version"], capture_output=True, text=True, check=False, timeout=60,
@@ -90,3 +103,26 @@ def test_the_deferred_site_runs_once_and_only_when_deferred() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60)
     assert out.stdout.split()[2] == "[]"
+
+
+def test_create_container_runs_no_site_click_or_decision_stage_and_reports_in_one_line(
+        tmp_path: Path) -> None:
+    # spec mode's hook, on every container with driver files: like `hook prestart`, dispatched
+    # before site, and its refusal (stderr, the decision log) survives the teardown-free exit.
+    log = tmp_path / "gpuhook.log"
+    config = tmp_path / "gpuhook.toml"
+    config.write_text(f'log-file = "{log}"\n')
+    r = subprocess.run([*interpreter_line(GPUHOOK), "-X", "importtime", str(GPUHOOK), "hook",
+                        "create-container", "--config", str(config), "--driver", "{not json"],
+                       input=b"{}", capture_output=True, check=False, timeout=60,
+                       env={"PATH": "/usr/bin:/bin"})
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    lines = [x for x in err.splitlines() if not x.startswith("import time:")]
+    assert lines == ["gpuhook: ?: --driver is not the JSON gpuhook-runtime writes: not a JSON "
+                     "object"], err
+    modules = imported_modules(err)
+    assert "gpuhook.runtime.create_container" in modules
+    assert not {"site", "click", "gpuhook.decide", "gpuhook.enforce.cgroup",
+                "gpuhook.enforce.userns"} & modules
+    assert '"decision":"refused"' in log.read_text()

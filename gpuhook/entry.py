@@ -5,10 +5,14 @@ teardown (`_exit_now`).
 
 The launchers (bin/, packaging/deb/bin/) start the interpreter with -I -S: no site module at
 start, which is ~2.7 ms of every runtime call, paid whether or not anything needs it. They put
-gpuhook's own directories on sys.path and pass `lazy_site=True`; `leave_fast_path()` then runs
-site where a command leaves its fast path (the CLI, a container that may ask for something), so
-the full path sees the sys.path it always had. A launcher started without site for isolation
-(the node installer's bundle) passes nothing, and site never runs.
+gpuhook's own directories and its dependencies' on sys.path (the venv's site-packages and the
+directories its .pth files name, Debian's dist-packages and gpuhook's vendor dir) and pass
+`lazy_site=True`; `leave_fast_path()` then runs site for the CLI only, so the commands people
+type see the sys.path they always had. The hooks and the shim never run it, GPU or not: what
+site would add beyond the launchers' paths is /usr/local's dist-packages and .pth code, neither
+wanted in a process a runtime starts as root, and it costs ~2 ms of every GPU start. A launcher
+started without site for isolation (the node installer's bundle) passes nothing, and site never
+runs.
 """
 
 import sys

@@ -61,9 +61,7 @@ def _parse_args(args: list[str]) -> tuple[str | None, bool] | None:
 
 def _full(config_path: str | None, state_raw: bytes, spec_raw: bytes | None,
           log: bool) -> int:
-    from gpuhook.entry import leave_fast_path
-
-    leave_fast_path()
+    # No site here (gpuhook.entry): the launchers put gpuhook's dependencies on sys.path.
     from gpuhook.runtime.prestart import run
 
     # A runtime gives a hook pipes for stdout and stderr; a terminal there is a run by hand,

@@ -440,9 +440,7 @@ def _run(argv: list[str], inv: Invocation) -> int:
         record["bundle"] = bundle
         path, raw = read_spec(bundle)
         if might_request(raw, early.roots):
-            from gpuhook.entry import leave_fast_path
-
-            leave_fast_path()
+            # No site (gpuhook.entry): the launchers put gpuhook's dependencies on sys.path.
             from gpuhook.config import load_config_lenient
 
             config, problems = load_config_lenient()
@@ -456,9 +454,6 @@ def _run(argv: list[str], inv: Invocation) -> int:
         record.update(decision="refused", error=str(e))
         if log_file is None:
             from gpuhook.config import load_config_lenient
-            from gpuhook.entry import leave_fast_path
-
-            leave_fast_path()
 
             log_file = load_config_lenient()[0].log_file
         if isinstance(e, ShimError):

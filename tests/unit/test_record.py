@@ -188,3 +188,34 @@ def test_the_gpu_path_imports_neither_dataclasses_nor_typing() -> None:
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
                          text=True, check=True, cwd=REPO).stdout
     assert out.strip() == "[]"
+
+
+def test_a_cuda_image_request_is_decided_without_re_json_or_typing(tmp_path: Path) -> None:
+    """The decision for a real CUDA image (its NVIDIA_REQUIRE_CUDA, judged per granted GPU) on
+    the shipped 8-GPU fake, from the inventory snapshot as a node starts containers: granted,
+    and none of the modules above loaded on the way."""
+    import json
+
+    from tests.unit.decide.test_requirements_arch_brand import CUDA_11_8
+    from tests.unit.specs import MIG8, MIG8_HOST, spec
+
+    cfg, cache, log = tmp_path / "config.toml", tmp_path / "run/inventory.json", tmp_path / "log"
+    cfg.write_text(f'inventory = "{MIG8}"\nhost-root = "{MIG8_HOST}"\ndriver-files = false\n'
+                   f'inventory-cache = "{cache}"\nlog-file = "{log}"\n')
+    subprocess.run([sys.executable, "-m", "gpuhook", "inventory", "refresh", "--config",
+                    str(cfg)], check=True, capture_output=True, cwd=REPO)
+    raw = json.dumps(spec(env=[f"NVIDIA_REQUIRE_CUDA={CUDA_11_8}"], ids=["2", "3"])).encode()
+    paths = [str(REPO), *(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))]
+    code = (f"import sys\nsys.path[:0] = {paths!r}\n"
+            "from gpuhook.config import load_config\n"
+            "from gpuhook.decide.spec import parse_spec\n"
+            "from gpuhook.runtime.pipeline import plan_for_spec\n"
+            f"plan = plan_for_spec(parse_spec({raw!r}), load_config({str(cfg)!r}))\n"
+            "print(sorted(d.path for d in plan.device_nodes if d.path[-1].isdigit()))\n"
+            "print([n for n in plan.notes if 'snapshot' in n])\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
+                         text=True, check=True, cwd=REPO).stdout.splitlines()
+    assert out[0] == "['/dev/nvidia2', '/dev/nvidia3']"
+    assert "fresh snapshot" in out[1], "decided from the snapshot, as a start is"
+    assert out[2] == "[]"

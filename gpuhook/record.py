@@ -175,7 +175,7 @@ else:
                 else:
                     delattr(cls, name)
             elif value is not _MISSING:
-                if value.__class__ in (list, dict, set):
+                if value.__class__.__hash__ is None:  # as dataclasses judges "mutable"
                     raise ValueError(f"mutable default {type(value)} for field {name} is not "
                                      "allowed: use default_factory")
                 defaults[name] = value

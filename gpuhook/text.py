@@ -6,7 +6,8 @@ that is not printable (C0/C1 controls, DEL, line and paragraph separators, bidi 
 lone surrogates, unassigned code points) becomes a visible escape, so one message stays one
 line and reads the same on every terminal. `decimal` is the one ASCII-digit check:
 `str.isdigit()` also accepts `²` and `٣`, which `int()` then refuses or reads as another
-number. Neither imports anything: the hook's fast path may use them. `re_fullmatch` and
+number. `mountinfo_unescape` reads the kernel's \\ooo escapes in mountinfo fields. None of these
+imports anything: the hook's fast path may use them. `re_fullmatch` and
 `re_match` import `re` (~3 ms with `enum`) only when called: for the rare forms (old MIG ids,
 PCI bus ids, legacy CUDA versions, CDI names) that a common start never parses.
 """
@@ -56,3 +57,22 @@ def re_match(pattern: str, text: str) -> "re.Match[str] | None":
     import re
 
     return re.match(pattern, text)
+
+
+_OCTAL3 = frozenset(f"{n:03o}" for n in range(0o400))
+
+
+def mountinfo_unescape(field: str) -> str:
+    """A /proc/<pid>/mountinfo field as the kernel meant it: it writes space, tab, newline and
+    backslash as \\ooo (three octal digits); anything else stays as it is."""
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) and field[i + 1:i + 4] in _OCTAL3:
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)

@@ -15,7 +15,7 @@ import posixpath
 
 from gpuhook.errors import ApplyError
 from gpuhook.record import TYPE_CHECKING, dataclass
-from gpuhook.text import decimal
+from gpuhook.text import decimal, mountinfo_unescape
 
 if TYPE_CHECKING:  # annotations only (the createContainer hook skips the decide stages)
     from collections.abc import Sequence
@@ -50,24 +50,6 @@ class DeviceCgroup:
     path: str  # the container's cgroup directory as the hook sees it
 
 
-_OCTAL3 = frozenset(f"{n:03o}" for n in range(0o400))
-
-
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
-    if "\\" not in field:
-        return field
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) and field[i + 1:i + 4] in _OCTAL3:
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def parse_mountinfo(text: str) -> list[MountInfo]:
     """/proc/<pid>/mountinfo -> mounts in file order (later mounts cover earlier ones)."""
     mounts = []
@@ -79,9 +61,9 @@ def parse_mountinfo(text: str) -> list[MountInfo]:
             sep = fields.index("-", 6)
             mounts.append(MountInfo(
                 mount_id=int(fields[0]), parent_id=int(fields[1]),
-                root=_unescape(fields[3]), mount_point=_unescape(fields[4]),
+                root=mountinfo_unescape(fields[3]), mount_point=mountinfo_unescape(fields[4]),
                 options=tuple(fields[5].split(",")), fstype=fields[sep + 1],
-                source=_unescape(fields[sep + 2]),
+                source=mountinfo_unescape(fields[sep + 2]),
                 super_options=tuple(fields[sep + 3].split(",")) if len(fields) > sep + 3
                 else ()))
         except (ValueError, IndexError):

@@ -37,6 +37,7 @@ import time
 
 from gpuhook.enforce import caps
 from gpuhook.errors import ApplyError
+from gpuhook.text import mountinfo_unescape
 
 DEFAULT_LDCONFIG = "/sbin/ldconfig"
 MAX_LDCONFIG_BYTES = 32 << 20  # Debian 12's static ldconfig is ~1 MiB
@@ -201,7 +202,7 @@ def _detach_pseudo_fs(libc: ctypes.CDLL, rootfs_path: str) -> None:
             parts = fields.split()
             if len(parts) < 5 or not rest:
                 continue
-            point = _unescape(parts[4])
+            point = mountinfo_unescape(parts[4])
             fstype = rest.split()[0]
             if fstype in ("proc", "sysfs") and point.startswith(prefix):
                 targets.append(point)
@@ -210,19 +211,6 @@ def _detach_pseudo_fs(libc: ctypes.CDLL, rootfs_path: str) -> None:
             err = ctypes.get_errno()
             if err not in (22, 2):  # EINVAL: already gone with a parent; ENOENT
                 raise OSError(err, f"umount {point}")
-
-
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) + 0 and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
 
 
 def _headers(fd: int, size: int) -> bytes:

@@ -28,6 +28,7 @@ from gpuhook.enforce.cgroup import (
     v1_rule_line,
 )
 from gpuhook.errors import ApplyError
+from gpuhook.text import mountinfo_unescape
 
 HYBRID = """\
 22 27 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw
@@ -68,6 +69,15 @@ def test_mountinfo_fields_and_optional_tags() -> None:
 def test_mountinfo_unescapes_spaces_and_backslashes() -> None:
     [m] = parse_mountinfo(r"1 2 0:1 /a\040b /mnt/x\040y\134z rw - ext4 /dev/x\040y rw" + "\n")
     assert (m.root, m.mount_point, m.source) == ("/a b", "/mnt/x y\\z", "/dev/x y")
+
+
+@pytest.mark.parametrize(("field", "meant"), [
+    (r"/a\040b", "/a b"), (r"/x\134\011y", "/x\\\ty"), (r"/bad\089", r"/bad\089"),
+    (r"/short\04", r"/short\04"), ("/plain", "/plain")],
+    ids=["a space", "a backslash and a tab", "not octal: kept", "cut short: kept", "no escape"])
+def test_a_mountinfo_field_is_unescaped_as_the_kernel_escaped_it(field: str, meant: str) -> None:
+    # the one reader of escapes for both mountinfo parsers (cgroup lookup, ldconfig's jail)
+    assert mountinfo_unescape(field) == meant
 
 
 @pytest.mark.parametrize("line", ["1 2 0:1 / /mnt rw ext4 /dev/x rw", "x 2 0:1 / /m rw - a b c"],

@@ -67,14 +67,17 @@ def _resolve_one(device_id: str, inv: Inventory, allow_full: bool) -> list[Resol
             else:
                 out.append(Resolved(gpu))
         return out
-    if _digits(device_id):
-        gpu = _gpu_by(lambda g: g.index == int(device_id), inv, device_id, allow_full)
+    # One or more ASCII digits, however many (ids are bounded when the request is read).
+    index = decimal(device_id, len(device_id))
+    if index is not None:
+        gpu = _gpu_by(lambda g: g.index == index, inv, device_id, allow_full)
         return [_full(gpu, device_id, allow_full)]
     gpu_part, colon, mig_part = device_id.partition(":")
-    if colon and _digits(gpu_part) and _digits(mig_part):
-        gpu = _gpu_by(lambda g: g.index == int(gpu_part), inv, device_id, allow_full)
+    gpu_index, mig_index = decimal(gpu_part, len(gpu_part)), decimal(mig_part, len(mig_part))
+    if colon and gpu_index is not None and mig_index is not None:
+        gpu = _gpu_by(lambda g: g.index == gpu_index, inv, device_id, allow_full)
         for mig in gpu.mig_devices:
-            if mig.index == int(mig_part):
+            if mig.index == mig_index:
                 return [Resolved(gpu, mig)]
         raise ResolveError(f"{device_id} not found: {_mig_list(gpu)}")
     # UUIDs are matched case-insensitively, as nvidia-container-cli does (strcasecmp).
@@ -208,11 +211,6 @@ def _expression(name: str, expr: str, inv: Inventory, gpu: Gpu | None, notes: li
         raise ResolveError(f"requirement {name}={expr[:200]!r} not met: "
                            + "; ".join(failures[:MAX_REQUIREMENT_NOTES]))
     return unjudged
-
-
-def _digits(text: str) -> bool:
-    """`text` is one or more ASCII digits (str.isdigit alone also takes `²` and `٣`)."""
-    return text.isascii() and text.isdigit()
 
 
 def _constraint(text: str) -> tuple[str, str, str] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gpuhook.errors import InputError
 from gpuhook.record import TYPE_CHECKING, dataclass
+from gpuhook.text import decimal
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -19,8 +20,7 @@ BRANDS = ("Quadro", "Tesla", "NVS", "GRID", "GeForce", "TITAN", "Unknown")
 def is_arch(text: str) -> bool:
     """`text` is "<1-4 digits>.<1-4 digits>" (ASCII), the form libnvidia-container prints."""
     major, dot, minor = text.partition(".")
-    return bool(dot) and all(0 < len(p) <= 4 and p.isascii() and p.isdigit()
-                             for p in (major, minor))
+    return bool(dot) and decimal(major, 4) is not None and decimal(minor, 4) is not None
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ from gpuhook.host.proc import (
 from gpuhook.inventory.driver_snapshot import driver_record, fresh_driver
 from gpuhook.inventory.model import Inventory
 from gpuhook.record import TYPE_CHECKING
+from gpuhook.text import decimal
 
 if TYPE_CHECKING:
     from typing import Any
@@ -364,10 +365,8 @@ def _owner(name: str) -> int | None:
     """The GPU minor a mig-minors name belongs to (`gpu12/gi1/access` -> 12), else None."""
     head, sep, _ = name.partition("/")
     digits = head[3:]
-    if not (sep and head.startswith("gpu") and digits.isascii() and digits.isdigit()
-            and len(digits) <= MAX_INDEX_DIGITS and str(int(digits)) == digits):
-        return None
-    return int(digits)
+    number = decimal(digits, MAX_INDEX_DIGITS) if sep and head.startswith("gpu") else None
+    return number if number is not None and str(number) == digits else None
 
 
 def encode_snapshot(doc: dict[str, Any]) -> bytes:
@@ -683,7 +682,8 @@ def _select(f: _File, table: list[list[int]], ids: list[str] | tuple[str, ...] |
     chosen: set[int] = set()
     for device_id in ids:
         gpu, sep, mig = device_id.partition(":")
-        if _index(gpu) is not None and (not sep or _index(mig) is not None):
+        if decimal(gpu, MAX_INDEX_DIGITS) is not None and (
+                not sep or decimal(mig, MAX_INDEX_DIGITS) is not None):
             if by_index is None:
                 by_index = {row[2]: p for p, row in enumerate(table)}
             position = by_index.get(int(gpu))
@@ -698,12 +698,6 @@ def _select(f: _File, table: list[list[int]], ids: list[str] | tuple[str, ...] |
             return None
         chosen.add(position)
     return sorted(chosen)
-
-
-def _index(text: str) -> int | None:
-    if not text or len(text) > MAX_INDEX_DIGITS or not text.isascii() or not text.isdigit():
-        return None
-    return int(text)
 
 
 def _uuid_index(f: _File, many: bool) -> str | dict[str, str]:
@@ -721,14 +715,14 @@ def _uuid_index(f: _File, many: bool) -> str | dict[str, str]:
 
 def _lookup(uuids: str | dict[str, str], wanted: str, count: int) -> int | None:
     if isinstance(uuids, dict):
-        position = _index(uuids.get(wanted, ""))
+        position = decimal(uuids.get(wanted, ""), MAX_INDEX_DIGITS)
         return position if position is not None and position < count else None
     at = uuids.find(f"\n{wanted} ")
     if at < 0:
         return None
     begin = at + len(wanted) + 2
     end = uuids.find("\n", begin)
-    position = _index(uuids[begin:end] if end >= 0 else "")
+    position = decimal(uuids[begin:end] if end >= 0 else "", MAX_INDEX_DIGITS)
     return position if position is not None and position < count else None
 
 
